@@ -1,0 +1,75 @@
+"""Engines for the audit store: SQLite (WAL) by default, PostgreSQL through psycopg 3.
+
+SQLite gets two engines on the same file: writes start with `BEGIN IMMEDIATE`
+(they take the write lock up front instead of failing to upgrade a read lock
+half way through), reads with a plain deferred `BEGIN`, so a long read never
+blocks the writer under WAL. PostgreSQL uses one pooled engine for both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Engines:
+    write: Engine
+    read: Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.write.dialect.name
+
+    def dispose(self) -> None:
+        self.write.dispose()
+        if self.read is not self.write:
+            self.read.dispose()
+
+
+def create_engines(url: str) -> Engines:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return Engines(
+            write=_sqlite_engine(url, begin="BEGIN IMMEDIATE"),
+            read=_sqlite_engine(url, begin="BEGIN"),
+        )
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = create_engine(parsed, pool_size=8, max_overflow=8, pool_pre_ping=True)
+        return Engines(write=engine, read=engine)
+    raise ValueError(f"unsupported store URL scheme {parsed.drivername!r}")
+
+
+def _sqlite_engine(url: str, *, begin: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
+        # Python's sqlite3 would otherwise open transactions on its own terms;
+        # we issue BEGIN ourselves below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # FULL: an acknowledged event survives a power cut, not just a crash.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)
+
+    return engine

@@ -1,0 +1,98 @@
+"""The audit event: one typed value shared by capture, storage and the API.
+
+`NewEvent` is what a producer (the capture poller, an HTTP client) hands to the
+store; the store numbers it within its stream, hashes it and returns an
+`AuditEvent`. The HTTP layer only converts these to and from JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uuid_utils
+
+JSONValue = Any
+"""A value that `orjson` can serialise (dict, list, str, int, float, bool, None)."""
+
+
+class EventType(enum.StrEnum):
+    CREATE = "CREATE"
+    READ = "READ"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made the change: an id, and where known a name and an IP address."""
+
+    id: str
+    name: str | None = None
+    ip: str | None = None
+
+
+SYSTEM_ACTOR = Actor(id="system")
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event before it is stored: no stream position, hash or record time yet."""
+
+    stream: str
+    entity: str
+    event_type: EventType
+    actor: Actor
+    occurred_at: datetime
+    entity_id: str | None = None
+    action: str | None = None
+    properties: tuple[str, ...] = ()
+    before: dict[str, JSONValue] | None = None
+    after: dict[str, JSONValue] | None = None
+    metadata: dict[str, JSONValue] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: new_event_id())
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A stored event, numbered `seq` within its `stream`; `hash` is its Merkle leaf hash."""
+
+    id: str
+    stream: str
+    seq: int
+    entity: str
+    entity_id: str | None
+    event_type: EventType
+    action: str | None
+    properties: tuple[str, ...]
+    before: dict[str, JSONValue] | None
+    after: dict[str, JSONValue] | None
+    actor: Actor
+    occurred_at: datetime
+    recorded_at: datetime
+    metadata: dict[str, JSONValue]
+    hash: str
+    redacted: bool = False
+
+
+def new_event_id() -> str:
+    """A time-ordered UUID (version 7) as its canonical string."""
+    return str(uuid_utils.uuid7())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with milliseconds: ``2026-11-28T12:00:00.123Z``."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def truncate_to_millis(value: datetime) -> datetime:
+    """Times are kept to the millisecond, the precision of every format we emit."""
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)

@@ -1,0 +1,448 @@
+"""The audit store: append events (numbered, hashed, exactly once) and query them.
+
+This is synchronous SQLAlchemy Core code, the same for SQLite and PostgreSQL.
+The web layer never calls `append` on its event loop: `storage.writer`
+runs it in one dedicated thread with group commit (see there for why).
+
+Appending is one transaction per call, however many requests it carries:
+- client-given ids make a request idempotent (an id already stored returns the
+  stored event, `created=False`);
+- each stream's head row is advanced with one `UPDATE … RETURNING`, which is
+  also the lock that keeps `seq` gapless when several processes append;
+- the Merkle tree grows by the perfect nodes each append completes
+  (`storage.merkle`), and the stream's head hash is its new root;
+- a capture source's position is written in the same transaction as the events
+  it produced: that is what makes capture exactly-once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Row, and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage import merkle
+from storage.canonical import canonical_event, payload_digest, payload_document
+from storage.engine import Engines, create_engines
+from storage.events import Actor, AuditEvent, EventType, NewEvent, truncate_to_millis, utc_now
+from storage.migrate import upgrade
+from storage.query import EventQuery
+from storage.schema import capture_positions, event_properties, events, merkle_nodes, streams
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_ID_CHUNK = 500
+
+
+class StorageError(Exception):
+    """The store could not do what was asked (the database failed or refused)."""
+
+
+def to_ms(value: datetime) -> int:
+    return (value - _EPOCH) // _MS
+
+
+def from_ms(value: int) -> datetime:
+    return _EPOCH + value * _MS
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePosition:
+    """How far a capture source has been stored: the last shadow-table seq."""
+
+    source: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    events: Sequence[NewEvent]
+    position: CapturePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    event: AuditEvent
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    name: str
+    head_seq: int
+    head_hash: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[AuditEvent]
+    last_pk: int | None
+    """The pk of the page's last event when there may be more, else None."""
+
+
+class AuditStore:
+    """Append and read audit events. Thread-safe: appends are serialised by a lock."""
+
+    def __init__(self, engines: Engines) -> None:
+        self._engines = engines
+        self._append_lock = threading.Lock()
+        # Perfect Merkle nodes never change once created, so any cached node is
+        # valid forever; only nodes from committed transactions are cached.
+        self._frontiers: dict[str, dict[tuple[int, int], bytes]] = {}
+
+    @classmethod
+    def open(cls, url: str) -> AuditStore:
+        """Connect and bring the schema up to date (Alembic `upgrade head`)."""
+        try:
+            engines = create_engines(url)
+            upgrade(engines.write)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open the audit store: {exc.__class__.__name__}") from exc
+        return cls(engines)
+
+    @property
+    def dialect(self) -> str:
+        return self._engines.dialect
+
+    def close(self) -> None:
+        self._engines.dispose()
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    # -- writing -------------------------------------------------------------
+
+    def append(self, requests: Sequence[AppendRequest]) -> list[list[Appended]]:
+        """Store every request's events in one transaction; results in request order."""
+        with self._append_lock:
+            try:
+                with self._engines.write.begin() as conn:
+                    results, touched = self._append_in(conn, requests)
+            except SQLAlchemyError as exc:
+                raise StorageError(f"append failed: {exc.__class__.__name__}") from exc
+            self._frontiers.update(touched)
+        return results
+
+    def _append_in(
+        self, conn: Connection, requests: Sequence[AppendRequest]
+    ) -> tuple[list[list[Appended]], dict[str, dict[tuple[int, int], bytes]]]:
+        now = truncate_to_millis(utc_now())
+        now_ms = to_ms(now)
+        all_ids = [event.id for request in requests for event in request.events]
+        stored = self._events_by_id(conn, all_ids)
+        results: list[list[Appended | None]] = [[None] * len(r.events) for r in requests]
+        fresh: list[tuple[int, int, NewEvent]] = []
+        claimed: dict[str, tuple[int, int]] = {}
+        duplicates: list[tuple[int, int, tuple[int, int]]] = []
+        for ri, request in enumerate(requests):
+            for ei, new in enumerate(request.events):
+                if new.id in stored:
+                    results[ri][ei] = Appended(stored[new.id], created=False)
+                elif new.id in claimed:
+                    duplicates.append((ri, ei, claimed[new.id]))
+                else:
+                    claimed[new.id] = (ri, ei)
+                    fresh.append((ri, ei, new))
+
+        counts: dict[str, int] = {}
+        for _, _, new in fresh:
+            counts[new.stream] = counts.get(new.stream, 0) + 1
+        next_seq = {
+            stream: self._advance_head(conn, stream, count, now_ms) - count + 1
+            # A fixed lock order: two appenders never wait on each other's streams.
+            for stream, count in sorted(counts.items())
+        }
+        first_seq = dict(next_seq)
+        leaves: dict[str, list[bytes]] = {stream: [] for stream in counts}
+        rows: list[dict[str, Any]] = []
+        for ri, ei, new in fresh:
+            seq = next_seq[new.stream]
+            next_seq[new.stream] = seq + 1
+            row, event = _prepare(new, seq, now)
+            rows.append(row)
+            leaves[new.stream].append(bytes.fromhex(event.hash))
+            results[ri][ei] = Appended(event, created=True)
+
+        if rows:
+            inserted = conn.execute(
+                events.insert().returning(events.c.pk, sort_by_parameter_order=True), rows
+            ).all()
+            property_rows = [
+                {"name": name, "event_pk": pk}
+                for (pk,), (_, _, new) in zip(inserted, fresh, strict=True)
+                for name in dict.fromkeys(new.properties)
+            ]
+            if property_rows:
+                conn.execute(event_properties.insert(), property_rows)
+        touched = {
+            stream: self._grow_tree(conn, stream, first_seq[stream] - 1, stream_leaves)
+            for stream, stream_leaves in leaves.items()
+        }
+        for ri, ei, (fri, fei) in duplicates:
+            first = results[fri][fei]
+            assert first is not None
+            results[ri][ei] = Appended(first.event, created=False)
+
+        for request in requests:
+            if request.position is not None:
+                self._save_position(conn, request.position, now)
+        return [[a for a in row if a is not None] for row in results], touched
+
+    def _grow_tree(
+        self, conn: Connection, stream: str, size: int, leaves: list[bytes]
+    ) -> dict[tuple[int, int], bytes]:
+        """Store the perfect nodes the new leaves complete and the stream's new root;
+        return the new right edge (frontier) to cache once committed."""
+        known = dict(self._frontiers.get(stream, {}))
+        new_nodes: dict[tuple[int, int], bytes] = {}
+
+        def get_node(level: int, index: int) -> bytes:
+            key = (level, index)
+            found = new_nodes.get(key) or known.get(key)
+            if found is None:
+                found = self._read_node(conn, stream, level, index)
+                known[key] = found
+            return found
+
+        for node in merkle.nodes_for_append(size, leaves, get_node):
+            new_nodes[(node.level, node.index)] = node.hash
+        node_rows = [
+            {"stream": stream, "level": level, "idx": index, "hash": value}
+            for (level, index), value in new_nodes.items()
+            if level > 0
+        ]
+        if node_rows:
+            conn.execute(merkle_nodes.insert(), node_rows)
+        head = size + len(leaves)
+        root = merkle.root(head, get_node)
+        conn.execute(update(streams).where(streams.c.name == stream).values(head_hash=root.hex()))
+        return {key: get_node(*key) for key in merkle.root_nodes(head)}
+
+    def _advance_head(self, conn: Connection, stream: str, count: int, now_ms: int) -> int:
+        """Reserve `count` seqs of `stream`; the row lock keeps concurrent appenders in line."""
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(
+            insert(streams)
+            .values(name=stream, head_seq=0, head_hash=None, updated_at=now_ms)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        head = conn.execute(
+            update(streams)
+            .where(streams.c.name == stream)
+            .values(head_seq=streams.c.head_seq + count, updated_at=now_ms)
+            .returning(streams.c.head_seq)
+        ).scalar_one()
+        return int(head)
+
+    def _read_node(self, conn: Connection, stream: str, level: int, index: int) -> bytes:
+        if level == 0:
+            value = conn.execute(
+                select(events.c.hash).where(events.c.stream == stream, events.c.seq == index + 1)
+            ).scalar_one()
+            return bytes.fromhex(value)
+        found: bytes = conn.execute(
+            select(merkle_nodes.c.hash).where(
+                merkle_nodes.c.stream == stream,
+                merkle_nodes.c.level == level,
+                merkle_nodes.c.idx == index,
+            )
+        ).scalar_one()
+        return bytes(found)
+
+    def _save_position(self, conn: Connection, position: CapturePosition, now: datetime) -> None:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        statement = insert(capture_positions).values(
+            source=position.source, position=position.position, updated_at=to_ms(now)
+        )
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["source"],
+                set_={"position": statement.excluded.position, "updated_at": to_ms(now)},
+            )
+        )
+
+    def redact(self, event_id: str, redaction: NewEvent) -> tuple[AuditEvent, AuditEvent] | None:
+        """Erase an event's payload (its digest stays, so it still verifies) and
+        record `redaction` in the same transaction. None when the id is unknown."""
+        with self._append_lock:
+            try:
+                with self._engines.write.begin() as conn:
+                    target = conn.execute(
+                        select(events.c.pk).where(events.c.id == event_id)
+                    ).scalar_one_or_none()
+                    if target is None:
+                        return None
+                    conn.execute(
+                        update(events)
+                        .where(events.c.pk == target)
+                        .values(payload=None, redacted=True)
+                    )
+                    results, touched = self._append_in(conn, [AppendRequest([redaction])])
+                    redacted = self._events_by_id(conn, [event_id])[event_id]
+            except SQLAlchemyError as exc:
+                raise StorageError(f"redaction failed: {exc.__class__.__name__}") from exc
+            self._frontiers.update(touched)
+        return redacted, results[0][0].event
+
+    # -- reading -------------------------------------------------------------
+
+    def _read(self) -> Any:
+        return self._engines.read.begin()
+
+    def get(self, event_id: str) -> AuditEvent | None:
+        with self._read() as conn:
+            return self._events_by_id(conn, [event_id]).get(event_id)
+
+    def query(self, q: EventQuery) -> Page:
+        statement = select(events)
+        if q.property is not None:
+            statement = statement.join(
+                event_properties,
+                and_(
+                    event_properties.c.event_pk == events.c.pk,
+                    event_properties.c.name == q.property,
+                ),
+            )
+        conditions = []
+        if q.actor is not None:
+            conditions.append(events.c.actor_id == q.actor)
+        if q.entity is not None:
+            conditions.append(events.c.entity == q.entity)
+        if q.entity_id is not None:
+            conditions.append(events.c.entity_id == q.entity_id)
+        if q.event_types:
+            conditions.append(events.c.event_type.in_(q.event_types))
+        if q.action is not None:
+            conditions.append(events.c.action == q.action)
+        if q.stream is not None:
+            conditions.append(events.c.stream == q.stream)
+        if q.since_ms is not None:
+            conditions.append(events.c.occurred_at >= q.since_ms)
+        if q.until_ms is not None:
+            conditions.append(events.c.occurred_at < q.until_ms)
+        if q.after_pk is not None:
+            conditions.append(
+                events.c.pk < q.after_pk if q.order == "desc" else events.c.pk > q.after_pk
+            )
+        order = events.c.pk.desc() if q.order == "desc" else events.c.pk.asc()
+        statement = statement.where(*conditions).order_by(order).limit(q.limit + 1)
+        with self._read() as conn:
+            rows = conn.execute(statement).all()
+        more = len(rows) > q.limit
+        rows = rows[: q.limit]
+        page = [_row_to_event(row) for row in rows]
+        return Page(page, rows[-1].pk if more and rows else None)
+
+    def iter_events(self, q: EventQuery, chunk: int = 1000) -> Iterator[AuditEvent]:
+        """Every event matching `q` in its order, read page by page (memory stays flat)."""
+        position = q.after_pk
+        while True:
+            page = self.query(replace(q, limit=chunk, after_pk=position))
+            yield from page.events
+            if page.last_pk is None:
+                return
+            position = page.last_pk
+
+    def streams(self) -> list[StreamHead]:
+        with self._read() as conn:
+            rows = conn.execute(select(streams).order_by(streams.c.name)).all()
+        return [
+            StreamHead(r.name, int(r.head_seq), r.head_hash, from_ms(r.updated_at)) for r in rows
+        ]
+
+    def capture_position(self, source: str) -> int:
+        with self._read() as conn:
+            value = conn.execute(
+                select(capture_positions.c.position).where(capture_positions.c.source == source)
+            ).scalar_one_or_none()
+        return int(value) if value is not None else 0
+
+    def _events_by_id(self, conn: Connection, ids: Iterable[str]) -> dict[str, AuditEvent]:
+        unique = list(dict.fromkeys(ids))
+        found: dict[str, AuditEvent] = {}
+        for start in range(0, len(unique), _ID_CHUNK):
+            chunk = unique[start : start + _ID_CHUNK]
+            for row in conn.execute(select(events).where(events.c.id.in_(chunk))):
+                event = _row_to_event(row)
+                found[event.id] = event
+        return found
+
+
+def _prepare(new: NewEvent, seq: int, now: datetime) -> tuple[dict[str, Any], AuditEvent]:
+    """The row to insert for `new` as number `seq`, and the event it stores."""
+    if new.occurred_at.microsecond % 1000 or new.occurred_at.tzinfo is not UTC:
+        new = replace(new, occurred_at=truncate_to_millis(new.occurred_at))
+    document = payload_document(new.before, new.after, new.metadata)
+    digest = payload_digest(document)
+    leaf = merkle.leaf_hash(canonical_event(new, seq, digest)).hex()
+    row = {
+        "id": new.id,
+        "stream": new.stream,
+        "seq": seq,
+        "entity": new.entity,
+        "entity_id": new.entity_id,
+        "event_type": new.event_type.value,
+        "action": new.action,
+        "properties": orjson.dumps(list(new.properties)).decode(),
+        "actor_id": new.actor.id,
+        "actor_name": new.actor.name,
+        "actor_ip": new.actor.ip,
+        "occurred_at": to_ms(new.occurred_at),
+        "recorded_at": to_ms(now),
+        "payload": document.decode(),
+        "payload_digest": digest,
+        "hash": leaf,
+        "redacted": False,
+    }
+    return row, _new_to_stored(new, seq, now, leaf)
+
+
+def _new_to_stored(new: NewEvent, seq: int, recorded_at: datetime, leaf_hex: str) -> AuditEvent:
+    return AuditEvent(
+        id=new.id,
+        stream=new.stream,
+        seq=seq,
+        entity=new.entity,
+        entity_id=new.entity_id,
+        event_type=new.event_type,
+        action=new.action,
+        properties=new.properties,
+        before=new.before,
+        after=new.after,
+        actor=new.actor,
+        occurred_at=new.occurred_at,
+        recorded_at=recorded_at,
+        metadata=new.metadata,
+        hash=leaf_hex,
+    )
+
+
+def _row_to_event(row: Row[Any]) -> AuditEvent:
+    payload = orjson.loads(row.payload) if row.payload is not None else None
+    return AuditEvent(
+        id=row.id,
+        stream=row.stream,
+        seq=int(row.seq),
+        entity=row.entity,
+        entity_id=row.entity_id,
+        event_type=EventType(row.event_type),
+        action=row.action,
+        properties=tuple(orjson.loads(row.properties)),
+        before=payload["before"] if payload else None,
+        after=payload["after"] if payload else None,
+        actor=Actor(row.actor_id, row.actor_name, row.actor_ip),
+        occurred_at=from_ms(row.occurred_at),
+        recorded_at=from_ms(row.recorded_at),
+        metadata=payload["metadata"] if payload else {},
+        hash=row.hash,
+        redacted=bool(row.redacted),
+    )

@@ -1,0 +1,201 @@
+"""The audit store's contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from storage import merkle
+from storage.events import Actor, EventType, NewEvent, new_event_id, utc_now
+from storage.migrate import upgrade
+from storage.query import EventQuery
+from storage.schema import metadata
+from storage.store import AppendRequest, AuditStore, CapturePosition, to_ms
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def make_event(n: int = 0, stream: str = "api", **overrides: object) -> NewEvent:
+    fields: dict[str, object] = {
+        "stream": stream,
+        "entity": "customer",
+        "entity_id": str(n),
+        "event_type": EventType.UPDATE,
+        "actor": Actor(f"user{n % 3}", "Name", "10.0.0.1"),
+        "occurred_at": T0 + timedelta(seconds=n),
+        "action": "customer.updated",
+        "properties": ("name",),
+        "before": {"id": n, "name": "A"},
+        "after": {"id": n, "name": "B"},
+        "metadata": {"n": n},
+    }
+    fields.update(overrides)
+    return NewEvent(**fields)  # type: ignore[arg-type]
+
+
+def test_append_numbers_each_stream_from_one_without_gaps(store: AuditStore) -> None:
+    results = store.append(
+        [
+            AppendRequest([make_event(1), make_event(2, stream="billing")]),
+            AppendRequest([make_event(3), make_event(4, stream="billing"), make_event(5)]),
+        ]
+    )
+    seqs = [(a.event.stream, a.event.seq) for r in results for a in r]
+    assert seqs == [("api", 1), ("billing", 1), ("api", 2), ("billing", 2), ("api", 3)]
+    heads = {h.name: h.head_seq for h in store.streams()}
+    assert heads == {"api": 3, "billing": 2}
+
+
+def test_stored_event_reads_back_exactly(store: AuditStore) -> None:
+    new = make_event(7, occurred_at=T0 + timedelta(microseconds=123_456))
+    stored = store.append([AppendRequest([new])])[0][0].event
+    fetched = store.get(new.id)
+    assert fetched == stored
+    assert fetched.occurred_at == T0 + timedelta(milliseconds=123)
+    assert fetched.before == {"id": 7, "name": "A"} and fetched.metadata == {"n": 7}
+    assert fetched.actor == Actor("user1", "Name", "10.0.0.1")
+    assert store.get(new_event_id()) is None
+
+
+def test_same_id_twice_is_stored_once(store: AuditStore) -> None:
+    first = make_event(1)
+    assert store.append([AppendRequest([first])])[0][0].created
+    again = store.append([AppendRequest([first, first])])[0]
+    assert [a.created for a in again] == [False, False]
+    assert again[0].event.seq == 1
+    assert store.streams()[0].head_seq == 1
+
+
+def test_duplicate_id_within_one_transaction_is_stored_once(store: AuditStore) -> None:
+    event = make_event(1)
+    results = store.append([AppendRequest([event]), AppendRequest([event])])
+    assert [r[0].created for r in results] == [True, False]
+    assert results[1][0].event.seq == 1
+
+
+def test_concurrent_appends_keep_seq_gapless(store: AuditStore, store_url: str) -> None:
+    """Two store instances (as two daemons would be) appending at once."""
+    other = AuditStore.open(store_url)
+    errors: list[BaseException] = []
+
+    def worker(target: AuditStore, offset: int) -> None:
+        try:
+            for i in range(40):
+                target.append([AppendRequest([make_event(offset + i), make_event(offset + i)])])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=worker, args=(store, 0)),
+        threading.Thread(target=worker, args=(other, 1000)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.close()
+    assert errors == []
+    seqs = sorted(e.seq for e in store.iter_events(EventQuery(order="asc")))
+    assert seqs == list(range(1, 161))
+
+
+def test_query_filters(store: AuditStore) -> None:
+    store.append(
+        [
+            AppendRequest(
+                [
+                    make_event(1),
+                    make_event(2, event_type=EventType.CREATE, action="customer.created"),
+                    make_event(3, entity="charge", properties=("amount",), stream="billing"),
+                    make_event(4, event_type=EventType.DELETE),
+                ]
+            )
+        ]
+    )
+
+    def ids(**filters: object) -> list[str | None]:
+        page = store.query(EventQuery(order="asc", **filters))  # type: ignore[arg-type]
+        return [e.entity_id for e in page.events]
+
+    assert ids() == ["1", "2", "3", "4"]
+    assert ids(actor="user1") == ["1", "4"]
+    assert ids(entity="charge") == ["3"]
+    assert ids(entity="customer", entity_id="2") == ["2"]
+    assert ids(event_types=("CREATE", "DELETE")) == ["2", "4"]
+    assert ids(action="customer.created") == ["2"]
+    assert ids(stream="billing") == ["3"]
+    assert ids(property="amount") == ["3"]
+    assert ids(property="name") == ["1", "2", "4"]
+    assert ids(since_ms=to_ms(T0 + timedelta(seconds=2))) == ["2", "3", "4"]
+    assert ids(until_ms=to_ms(T0 + timedelta(seconds=2))) == ["1"]
+    assert ids(actor="nobody") == []
+
+
+def test_pages_are_stable_while_new_events_arrive(store: AuditStore) -> None:
+    store.append([AppendRequest([make_event(i) for i in range(10)])])
+    seen: list[str | None] = []
+    query = EventQuery(order="desc", limit=3)
+    page = store.query(query)
+    while True:
+        seen.extend(e.entity_id for e in page.events)
+        store.append([AppendRequest([make_event(100 + len(seen))])])
+        if page.last_pk is None:
+            break
+        page = store.query(EventQuery(order="desc", limit=3, after_pk=page.last_pk))
+    assert seen == [str(i) for i in reversed(range(10))]
+
+
+def test_capture_position_is_saved_with_the_events(store: AuditStore) -> None:
+    assert store.capture_position("billing") == 0
+    store.append([AppendRequest([make_event(1, stream="billing")], CapturePosition("billing", 17))])
+    store.append([AppendRequest([], CapturePosition("billing", 42))])
+    assert store.capture_position("billing") == 42
+
+
+def test_redaction_erases_payload_and_records_itself(store: AuditStore) -> None:
+    original = store.append([AppendRequest([make_event(1)])])[0][0].event
+    note = make_event(2, entity="audit_event", metadata={"redacts": original.id})
+    result = store.redact(original.id, note)
+    assert result is not None
+    redacted, recorded = result
+    assert redacted.redacted and redacted.before is None and redacted.after is None
+    assert redacted.metadata == {}
+    assert redacted.hash == original.hash
+    assert recorded.seq == 2 and recorded.metadata == {"redacts": original.id}
+    assert store.redact(new_event_id(), note) is None
+
+
+def test_head_hash_is_the_merkle_root_of_the_leaves(store: AuditStore) -> None:
+    leaves: list[bytes] = []
+    for size in (1, 2, 5, 1, 9):
+        results = store.append([AppendRequest([make_event(i) for i in range(size)])])
+        leaves.extend(bytes.fromhex(a.event.hash) for a in results[0])
+        assert store.streams()[0].head_hash == merkle.root_from_leaf_hashes(leaves).hex()
+
+
+def test_migrations_create_exactly_the_schema(store_url: str) -> None:
+    engine = create_engine(store_url)
+    upgrade(engine)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    engine.dispose()
+    assert diff == []
+    assert version == "0001"
+
+
+def test_utc_now_is_aware() -> None:
+    assert utc_now().tzinfo is not None
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_iter_events_reads_everything_in_chunks(store: AuditStore, count: int) -> None:
+    store.append([AppendRequest([make_event(i) for i in range(25 * count)])])
+    seen = [e.seq for e in store.iter_events(EventQuery(order="asc"), chunk=7)]
+    assert seen == list(range(1, 25 * count + 1))
