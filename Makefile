@@ -37,7 +37,7 @@ bench: $(VENV)/.dev
 	$(PY) -m bench $(if $(FULL),--full,)
 
 soak: $(VENV)/.dev
-	AUDITOR_SOAK=1 $(BIN)/pytest -q -m soak tests
+	AUDITOR_SOAK=1 $(BIN)/pytest -q tests/test_capture_kill.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -7,6 +7,17 @@ with milliseconds. It covers every field of the event but `recorded_at` and
 `hash`; the payload (`before`, `after`, `metadata`) enters only through
 `payload_digest`, the SHA-256 of its own canonical encoding, so a redaction
 can erase the payload while the leaf still verifies.
+
+Everything is written by orjson (pinned in requirements.txt) with sorted keys;
+tests/test_canonical.py pins the parts a re-implementation could get wrong:
+key order is by Unicode code point (UTF-8 byte order, not JCS's UTF-16 order),
+strings escape only `"`, `\\` and U+0000-U+001F, and floats take the shortest
+digits that round-trip, in decimal notation when 1e-5 <= |x| < 1e16 (always
+with a fractional part, `100.0`) and as `1.5e-7` / `1e+16` otherwise. NaN and
+the infinities are written as `null` (so they are stored as null); integers
+outside [-2**63, 2**64) and non-string keys cannot be encoded at all.
+`storage.verify` never re-encodes a payload: it hashes the stored document,
+so an orjson upgrade could not make an intact store look altered.
 """
 
 from __future__ import annotations
@@ -40,17 +51,57 @@ def payload_digest(document: bytes) -> str:
 
 def canonical_event(event: NewEvent, seq: int, digest: str) -> bytes:
     """The bytes a leaf hash covers, for `event` stored as number `seq` of its stream."""
+    return canonical_fields(
+        event_id=event.id,
+        stream=event.stream,
+        seq=seq,
+        entity=event.entity,
+        entity_id=event.entity_id,
+        event_type=event.event_type.value,
+        action=event.action,
+        properties=list(event.properties),
+        actor_id=event.actor.id,
+        actor_name=event.actor.name,
+        actor_ip=event.actor.ip,
+        occurred_at=format_time(event.occurred_at),
+        payload_digest=digest,
+    )
+
+
+def canonical_fields(
+    *,
+    event_id: str,
+    stream: str,
+    seq: int,
+    entity: str,
+    entity_id: str | None,
+    event_type: str,
+    action: str | None,
+    properties: list[str],
+    actor_id: str,
+    actor_name: str | None,
+    actor_ip: str | None,
+    occurred_at: str,
+    payload_digest: str,
+) -> bytes:
+    """The canonical bytes from the event's stored values (`occurred_at` already formatted).
+
+    The one definition of the layout: the store uses it when it appends and
+    `storage.verify` when it recomputes from stored rows.
+    """
     fields: dict[str, Any] = {
-        "action": event.action,
-        "actor": {"id": event.actor.id, "ip": event.actor.ip, "name": event.actor.name},
-        "entity": event.entity,
-        "entity_id": event.entity_id,
-        "event_type": event.event_type.value,
-        "id": event.id,
-        "occurred_at": format_time(event.occurred_at),
-        "payload_digest": digest,
-        "properties": list(event.properties),
+        "action": action,
+        "actor": {"id": actor_id, "ip": actor_ip, "name": actor_name},
+        "entity": entity,
+        "entity_id": entity_id,
+        "event_type": event_type,
+        "id": event_id,
+        "occurred_at": occurred_at,
+        "payload_digest": payload_digest,
+        "properties": properties,
         "seq": seq,
-        "stream": event.stream,
+        "stream": stream,
     }
-    return canonical_json(fields)
+    # The literal above is in sorted key order already (a test holds it to
+    # `canonical_json`), which spares verify the cost of sorting every event.
+    return orjson.dumps(fields)

@@ -89,7 +89,12 @@ def utc_now() -> datetime:
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with milliseconds: ``2026-11-28T12:00:00.123Z``."""
     value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # Not strftime: its %Y gives "999", not "0999", for years before 1000 on glibc,
+    # and this string is part of the canonical bytes a leaf hash covers.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond // 1000:03d}Z"
+    )
 
 
 def truncate_to_millis(value: datetime) -> datetime:

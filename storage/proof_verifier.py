@@ -15,8 +15,11 @@ which gives the event's leaf index, the checkpoint and the audit path::
 
     ok = verify_inclusion(leaf_hash, index, size, [bytes.fromhex(h) for h in path], root)
 
-where `leaf_hash` is `leaf_hash(canonical_event_bytes)`, or the hash the
-server reports if you only want to know that the server's hash is covered.
+where `leaf_hash` is `leaf_hash(canonical_event(event, proof["payload_digest"]))`
+for the event as `GET /v1/events/{id}` returned it (so the proof covers what you
+were shown), or the hash the server reports if you only want to know that the
+server's hash is covered. `checkpoint_message` gives the bytes a checkpoint's
+signature covers.
 
 Did the log only grow between two checkpoints you saw? Fetch
 `GET /v1/checkpoints/consistency?stream=S&first=SIZE1&second=SIZE2`::
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -141,3 +145,48 @@ def verify_consistency(
         and hmac.compare_digest(first_result, bytes(first_root))
         and hmac.compare_digest(second_result, bytes(second_root))
     )
+
+
+def canonical_event(event: Mapping[str, object], payload_digest: str) -> bytes:
+    """The canonical bytes of an event as the API returns it (`GET /v1/events/{id}`).
+
+    `payload_digest` is the one the proof reports (the payload itself may be
+    redacted). Every field here is a string, an integer, null or a list of
+    strings, for which this compact, key-sorted, non-ASCII-escaping encoding
+    gives exactly the bytes Auditor hashes.
+    """
+    actor = event["actor"]
+    if not isinstance(actor, Mapping):
+        raise ValueError("actor must be an object")
+    fields = {
+        "action": event["action"],
+        "actor": {"id": actor["id"], "ip": actor.get("ip"), "name": actor.get("name")},
+        "entity": event["entity"],
+        "entity_id": event["entity_id"],
+        "event_type": event["event_type"],
+        "id": event["id"],
+        "occurred_at": event["occurred_at"],
+        "payload_digest": payload_digest,
+        "properties": event["properties"],
+        "seq": event["seq"],
+        "stream": event["stream"],
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def checkpoint_message(checkpoint: Mapping[str, object]) -> bytes:
+    """The bytes a checkpoint's Ed25519 signature covers, from `GET /v1/checkpoints/latest`.
+
+    Five lines, each ending in a newline: `auditor-checkpoint/v1`, the stream,
+    the size in decimal, the root in lowercase hex, and `signed_at` as served.
+    Check the signature with any Ed25519 library against the raw public key of
+    `GET /v1/checkpoints/public-key` (whose SHA-256 is the checkpoint's `key_id`).
+    """
+    lines = [
+        "auditor-checkpoint/v1",
+        str(checkpoint["stream"]),
+        str(int(str(checkpoint["size"]))),
+        str(checkpoint["root"]),
+        str(checkpoint["signed_at"]),
+    ]
+    return "".join(line + "\n" for line in lines).encode()

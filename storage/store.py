@@ -17,14 +17,15 @@ Appending is one transaction per call, however many requests it carries:
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, and_, select, update
+from sqlalchemy import Connection, Row, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +36,8 @@ from storage.events import Actor, AuditEvent, EventType, NewEvent, truncate_to_m
 from storage.migrate import upgrade
 from storage.query import EventQuery
 from storage.schema import capture_positions, event_properties, events, merkle_nodes, streams
+
+log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -71,6 +74,13 @@ class AppendRequest:
 class Appended:
     event: AuditEvent
     created: bool
+    position: int | None = None
+    """The event's place in the store's global insertion order (its pk), when `created`."""
+
+
+CommitListener = Callable[[list[Appended]], None]
+"""Told of the events each transaction created, right after it commits, in commit order.
+It runs on the committing thread with the append lock held: it must be quick and never block."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,7 @@ class AuditStore:
         # Perfect Merkle nodes never change once created, so any cached node is
         # valid forever; only nodes from committed transactions are cached.
         self._frontiers: dict[str, dict[tuple[int, int], bytes]] = {}
+        self._commit_listeners: list[CommitListener] = []
 
     @classmethod
     def open(cls, url: str) -> AuditStore:
@@ -112,8 +123,30 @@ class AuditStore:
     def dialect(self) -> str:
         return self._engines.dialect
 
+    @property
+    def engines(self) -> Engines:
+        """For storage modules that run their own SQL (checkpoints, proofs, verify)."""
+        return self._engines
+
     def close(self) -> None:
         self._engines.dispose()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._commit_listeners.append(listener)
+
+    def remove_commit_listener(self, listener: CommitListener) -> None:
+        self._commit_listeners.remove(listener)
+
+    def _notify(self, results: Sequence[Sequence[Appended]]) -> None:
+        if not self._commit_listeners:
+            return
+        created = [a for request in results for a in request if a.created]
+        for listener in list(self._commit_listeners):
+            try:
+                listener(created)
+            except Exception:
+                # The events are committed whatever a listener does.
+                log.exception("commit listener %r failed", listener)
 
     def ping(self) -> None:
         with self._read() as conn:
@@ -130,6 +163,7 @@ class AuditStore:
             except SQLAlchemyError as exc:
                 raise StorageError(f"append failed: {exc.__class__.__name__}") from exc
             self._frontiers.update(touched)
+            self._notify(results)
         return results
 
     def _append_in(
@@ -163,26 +197,30 @@ class AuditStore:
         }
         first_seq = dict(next_seq)
         leaves: dict[str, list[bytes]] = {stream: [] for stream in counts}
-        rows: list[dict[str, Any]] = []
-        for ri, ei, new in fresh:
+        rows: list[list[Any]] = []
+        prepared: list[AuditEvent] = []
+        for _, _, new in fresh:
             seq = next_seq[new.stream]
             next_seq[new.stream] = seq + 1
             row, event = _prepare(new, seq, now)
             rows.append(row)
+            prepared.append(event)
             leaves[new.stream].append(bytes.fromhex(event.hash))
-            results[ri][ei] = Appended(event, created=True)
 
         if rows:
-            inserted = conn.execute(
-                events.insert().returning(events.c.pk, sort_by_parameter_order=True), rows
-            ).all()
+            pks = self._reserve_pks(conn, len(rows))
+            for pk, row in zip(pks, rows, strict=True):
+                row[0] = pk
+            _insert_many(conn, "events", EVENT_COLUMNS, rows)
+            for pk, (ri, ei, _), event in zip(pks, fresh, prepared, strict=True):
+                results[ri][ei] = Appended(event, created=True, position=pk)
             property_rows = [
-                {"name": name, "event_pk": pk}
-                for (pk,), (_, _, new) in zip(inserted, fresh, strict=True)
+                (name, pk)
+                for pk, (_, _, new) in zip(pks, fresh, strict=True)
                 for name in dict.fromkeys(new.properties)
             ]
             if property_rows:
-                conn.execute(event_properties.insert(), property_rows)
+                _insert_many(conn, "event_properties", ("name", "event_pk"), property_rows)
         touched = {
             stream: self._grow_tree(conn, stream, first_seq[stream] - 1, stream_leaves)
             for stream, stream_leaves in leaves.items()
@@ -216,16 +254,35 @@ class AuditStore:
         for node in merkle.nodes_for_append(size, leaves, get_node):
             new_nodes[(node.level, node.index)] = node.hash
         node_rows = [
-            {"stream": stream, "level": level, "idx": index, "hash": value}
+            (stream, level, index, value)
             for (level, index), value in new_nodes.items()
             if level > 0
         ]
         if node_rows:
-            conn.execute(merkle_nodes.insert(), node_rows)
+            _insert_many(conn, "merkle_nodes", ("stream", "level", "idx", "hash"), node_rows)
         head = size + len(leaves)
         root = merkle.root(head, get_node)
         conn.execute(update(streams).where(streams.c.name == stream).values(head_hash=root.hex()))
         return {key: get_node(*key) for key in merkle.root_nodes(head)}
+
+    def _reserve_pks(self, conn: Connection, count: int) -> list[int]:
+        """Global positions for `count` new events, ascending.
+
+        Assigned here rather than returned by the INSERT: SQLAlchemy can only
+        return generated keys in order from SQLite one row per statement, which
+        made batch appends many times slower. SQLite holds the write lock for the
+        whole transaction (BEGIN IMMEDIATE), so max(pk) is safe; PostgreSQL
+        draws them from the column's own sequence (not necessarily contiguous
+        when other daemons append at the same time).
+        """
+        if conn.dialect.name == "postgresql":
+            drawn = conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('events', 'pk')) "
+                f"FROM generate_series(1, {int(count)})"
+            ).scalars()
+            return sorted(int(value) for value in drawn)
+        top = int(conn.execute(select(func.coalesce(func.max(events.c.pk), 0))).scalar_one())
+        return list(range(top + 1, top + 1 + count))
 
     def _advance_head(self, conn: Connection, stream: str, count: int, now_ms: int) -> int:
         """Reserve `count` seqs of `stream`; the row lock keeps concurrent appenders in line."""
@@ -291,6 +348,7 @@ class AuditStore:
             except SQLAlchemyError as exc:
                 raise StorageError(f"redaction failed: {exc.__class__.__name__}") from exc
             self._frontiers.update(touched)
+            self._notify(results)
         return redacted, results[0][0].event
 
     # -- reading -------------------------------------------------------------
@@ -301,6 +359,15 @@ class AuditStore:
     def get(self, event_id: str) -> AuditEvent | None:
         with self._read() as conn:
             return self._events_by_id(conn, [event_id]).get(event_id)
+
+    def position_of(self, event_id: str) -> int | None:
+        """The event's place in the global insertion order (`EventQuery.after_pk` pages
+        from it), or None when the id is unknown."""
+        with self._read() as conn:
+            pk = conn.execute(
+                select(events.c.pk).where(events.c.id == event_id)
+            ).scalar_one_or_none()
+        return int(pk) if pk is not None else None
 
     def query(self, q: EventQuery) -> Page:
         statement = select(events)
@@ -360,11 +427,16 @@ class AuditStore:
         ]
 
     def capture_position(self, source: str) -> int:
+        value = self.stored_capture_position(source)
+        return value if value is not None else 0
+
+    def stored_capture_position(self, source: str) -> int | None:
+        """The stored position of `source`, or None when none was ever stored."""
         with self._read() as conn:
             value = conn.execute(
                 select(capture_positions.c.position).where(capture_positions.c.source == source)
             ).scalar_one_or_none()
-        return int(value) if value is not None else 0
+        return int(value) if value is not None else None
 
     def _events_by_id(self, conn: Connection, ids: Iterable[str]) -> dict[str, AuditEvent]:
         unique = list(dict.fromkeys(ids))
@@ -377,36 +449,61 @@ class AuditStore:
         return found
 
 
-def _prepare(new: NewEvent, seq: int, now: datetime) -> tuple[dict[str, Any], AuditEvent]:
-    """The row to insert for `new` as number `seq`, and the event it stores."""
-    if new.occurred_at.microsecond % 1000 or new.occurred_at.tzinfo is not UTC:
-        new = replace(new, occurred_at=truncate_to_millis(new.occurred_at))
+def _insert_many(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """A plain DB-API executemany: the hot path of every append, where SQLAlchemy's
+    per-row parameter processing cost more than the inserts themselves."""
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(mark for _ in columns)})"
+    )
+    conn.exec_driver_sql(sql, [tuple(row) for row in rows])
+
+
+EVENT_COLUMNS = (
+    "pk", "id", "stream", "seq", "entity", "entity_id", "event_type", "action", "properties",
+    "actor_id", "actor_name", "actor_ip", "occurred_at", "recorded_at", "payload",
+    "payload_digest", "hash", "redacted",
+)
+
+
+def _prepare(new: NewEvent, seq: int, now: datetime) -> tuple[list[Any], AuditEvent]:
+    """The row to insert for `new` as number `seq` (in `EVENT_COLUMNS` order, pk still
+    to fill in), and the event it stores."""
+    occurred_at = new.occurred_at
+    if occurred_at.microsecond % 1000 or occurred_at.tzinfo is not UTC:
+        occurred_at = truncate_to_millis(occurred_at)
     document = payload_document(new.before, new.after, new.metadata)
     digest = payload_digest(document)
     leaf = merkle.leaf_hash(canonical_event(new, seq, digest)).hex()
-    row = {
-        "id": new.id,
-        "stream": new.stream,
-        "seq": seq,
-        "entity": new.entity,
-        "entity_id": new.entity_id,
-        "event_type": new.event_type.value,
-        "action": new.action,
-        "properties": orjson.dumps(list(new.properties)).decode(),
-        "actor_id": new.actor.id,
-        "actor_name": new.actor.name,
-        "actor_ip": new.actor.ip,
-        "occurred_at": to_ms(new.occurred_at),
-        "recorded_at": to_ms(now),
-        "payload": document.decode(),
-        "payload_digest": digest,
-        "hash": leaf,
-        "redacted": False,
-    }
-    return row, _new_to_stored(new, seq, now, leaf)
+    row = [
+        None,
+        new.id,
+        new.stream,
+        seq,
+        new.entity,
+        new.entity_id,
+        new.event_type.value,
+        new.action,
+        orjson.dumps(new.properties).decode(),
+        new.actor.id,
+        new.actor.name,
+        new.actor.ip,
+        to_ms(occurred_at),
+        to_ms(now),
+        document.decode(),
+        digest,
+        leaf,
+        False,
+    ]
+    return row, _new_to_stored(new, seq, occurred_at, now, leaf)
 
 
-def _new_to_stored(new: NewEvent, seq: int, recorded_at: datetime, leaf_hex: str) -> AuditEvent:
+def _new_to_stored(
+    new: NewEvent, seq: int, occurred_at: datetime, recorded_at: datetime, leaf_hex: str
+) -> AuditEvent:
     return AuditEvent(
         id=new.id,
         stream=new.stream,
@@ -419,7 +516,7 @@ def _new_to_stored(new: NewEvent, seq: int, recorded_at: datetime, leaf_hex: str
         before=new.before,
         after=new.after,
         actor=new.actor,
-        occurred_at=new.occurred_at,
+        occurred_at=occurred_at,
         recorded_at=recorded_at,
         metadata=new.metadata,
         hash=leaf_hex,

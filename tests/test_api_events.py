@@ -133,6 +133,27 @@ async def test_cloudevents_structured_and_batch(api: Client) -> None:
     assert response.status == 422
 
 
+async def test_an_invalid_single_cloudevent_is_a_422(api: Client) -> None:
+    """Found by schemathesis: invalid `data` in a structured CloudEvent was a 500."""
+    cloud = {"specversion": "1.0", "id": "e", "source": "/s", "type": "t"}
+    bad_data = {"entity": "charge", "event_type": "CREATE", "occurred_at": "soon"}
+    for body in ({**cloud, "data": bad_data}, {**cloud, "data": None}, ["not", "an", "object"]):
+        response = await post(api, body, "application/cloudevents+json")
+        assert response.status == 422, body
+        assert response.content_type == "application/problem+json"
+    fields = [
+        e["field"]
+        for e in (
+            await (
+                await post(api, {**cloud, "data": bad_data}, "application/cloudevents+json")
+            ).json()
+        )["errors"]
+    ]
+    assert fields == ["data.occurred_at"]
+    listing = await (await api.get("/v1/events")).json()
+    assert listing["events"] == []
+
+
 async def test_query_filters_over_http(api: Client) -> None:
     events = [
         {**EVENT, "entity_id": "1", "event_type": "CREATE", "occurred_at": "2026-01-01"},

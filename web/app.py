@@ -7,24 +7,68 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from config import Config
+from storage.bus import EventBus
+from storage.checkpoints import Checkpointer
+from storage.signing import load_or_create_key
 from storage.store import AuditStore
 from storage.writer import GroupCommitWriter
-from web import event_routes, seed_routes
+from web import (
+    event_routes,
+    export_routes,
+    history_routes,
+    integrity_routes,
+    openapi,
+    ops_routes,
+    seed_routes,
+    streams_routes,
+    tail_routes,
+)
+from web.auth import auth_middleware
 from web.bodies import MAX_BODY
-from web.keys import CONFIG, STORE, WRITER
+from web.keys import CONFIG, EVENT_BUS, READINESS, STORE, WRITER
+from web.metrics import METRICS, Metrics, store_error_middleware, timing_middleware
 from web.problems import error_middleware
+from web.readiness import Readiness
 
 
 def create_app(config: Config, store: AuditStore) -> web.Application:
     """Build the API over an open store. The app owns the group-commit writer:
     started with the app, drained and stopped on shutdown."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    # Auth inside the error middleware, so its refusals get each route family's error shape.
+    app = web.Application(
+        middlewares=[
+            timing_middleware,  # outermost: sees the status the client gets
+            error_middleware,
+            auth_middleware(config.auth),
+            store_error_middleware,  # innermost: sees store errors before they become responses
+        ],
+        client_max_size=MAX_BODY,
+    )
     app[CONFIG] = config
     app[STORE] = store
     app[WRITER] = GroupCommitWriter(store)
+    # Raises storage.signing.KeyFileError when the key file cannot be made or trusted.
+    key = load_or_create_key(config.integrity.key_file)
+    app[integrity_routes.CHECKPOINTER] = Checkpointer(store, key)
+    # Before the writer: cleanup runs in reverse, so the last checkpoint is signed
+    # after the writer has drained.
+    app.cleanup_ctx.append(integrity_routes.run_checkpointer)
     app.cleanup_ctx.append(_run_writer)
+    app[METRICS] = Metrics()
+    app[EVENT_BUS] = EventBus()
+    app[READINESS] = Readiness()
+    app[READINESS].add("store", ops_routes.store_check(store, app[METRICS]))
+    app.cleanup_ctx.append(_listen_to_commits)
+    app.on_shutdown.append(_end_tails)
     app.add_routes(seed_routes.routes)
     app.add_routes(event_routes.routes)
+    app.add_routes(history_routes.routes)
+    app.add_routes(streams_routes.routes)
+    app.add_routes(export_routes.routes)
+    app.add_routes(tail_routes.routes)
+    app.add_routes(ops_routes.routes)
+    app.add_routes(openapi.routes)
+    app.add_routes(integrity_routes.routes)
     return app
 
 
@@ -33,3 +77,18 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
     await writer.start()
     yield
     await writer.stop()
+
+
+async def _listen_to_commits(app: web.Application) -> AsyncIterator[None]:
+    """Live tails and the stored-events counter hear of every commit, whoever appends."""
+    store, metrics = app[STORE], app[METRICS]
+    app[EVENT_BUS].attach(store)
+    store.add_commit_listener(metrics.count_committed)
+    yield
+    store.remove_commit_listener(metrics.count_committed)
+    app[EVENT_BUS].close()
+
+
+async def _end_tails(app: web.Application) -> None:
+    # Before aiohttp waits for open requests: a tail would otherwise hold shutdown up.
+    app[EVENT_BUS].close()

@@ -171,7 +171,8 @@ def _parse_posted(raw: bytes, content_type: str) -> tuple[list[NewEvent], bool]:
     if content_type in NDJSON_TYPES:
         return _parse_ndjson(raw), False
     if content_type == CLOUDEVENT:
-        return [_parse_cloudevent(parse_json(raw), "")], True
+        body = parse_json(raw)
+        return _collect([lambda: _parse_cloudevent(body, "")]), True
     if content_type == CLOUDEVENTS_BATCH:
         body = parse_json(raw)
         if not isinstance(body, list) or not body:

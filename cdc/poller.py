@@ -1,0 +1,164 @@
+"""Move one source's shadow rows into the audit store, exactly once.
+
+`ShadowPoller.poll_once` reads a batch of shadow rows after the source's
+position, translates them, and appends the events *together with the new
+position* in one store transaction (through the group-commit writer). Only
+then does it prune the shadow table, in short transactions of its own. A crash
+anywhere in between is harmless: on restart the position says which rows are
+already stored, and those are pruned without being stored again.
+
+A row that cannot be translated is kept in the shadow table, logged and
+counted, and the position moves past it, so it never blocks the rows behind
+it. Idle polls are cheap: `PRAGMA data_version` tells whether anyone has
+committed to the billing database since the last look.
+
+Billing-database work is blocking sqlite3 code; it runs in a worker thread so
+the event loop keeps serving the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cdc import installer, shadow
+from cdc.translate import translate
+from config import SourceConfig, TableConfig
+from storage.store import AppendRequest, CapturePosition
+from storage.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptureStats:
+    """What `/v1/streams`, `/metrics` and `status` show about a source."""
+
+    position: int = 0
+    backlog: int = 0
+    captured: int = 0
+    last_capture_at: datetime | None = None
+    last_change_at: str | None = None
+    oldest_pending_at: str | None = None
+    """Change time of the oldest shadow row not yet stored (None when none waits)."""
+    untranslatable: dict[int, str] = field(default_factory=dict)
+    """Shadow seq → why it could not be translated (kept in the shadow table)."""
+
+
+class ShadowPoller:
+    """Polls one source's shadow table into the audit store."""
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        writer: GroupCommitWriter,
+        position: int,
+        batch_size: int,
+    ) -> None:
+        self.source = source
+        self._writer = writer
+        self._batch_size = batch_size
+        self._tables: Mapping[str, TableConfig] = {t.table: t for t in source.tables}
+        self._conn: sqlite3.Connection | None = None
+        self._data_version: int | None = None
+        self.stats = CaptureStats(position=position)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = installer.connect(self.source.database)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _changed_since_last_look(self) -> bool:
+        version = int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
+    async def poll_once(self, *, force: bool = False, up_to: int | None = None) -> int:
+        """Store one batch; returns how many shadow rows it consumed (0 when idle)."""
+        rows = await asyncio.to_thread(self._read, force, up_to)
+        if not rows:
+            return 0
+        events, failures = translate(rows, self._tables, self.source.name)
+        position = rows[-1].seq
+        await self._writer.append(
+            AppendRequest(events, CapturePosition(self.source.name, position))
+        )
+        for row, reason in failures:
+            if row.seq not in self.stats.untranslatable:
+                log.error(
+                    "source %s: shadow row %d (table %r) kept, cannot translate: %s",
+                    self.source.name,
+                    row.seq,
+                    row.table,
+                    reason,
+                )
+            self.stats.untranslatable[row.seq] = reason
+        self.stats.position = position
+        self.stats.captured += len(events)
+        self.stats.last_capture_at = datetime.now().astimezone()
+        self.stats.last_change_at = rows[-1].changed_at
+        return len(rows)
+
+    def _read(self, force: bool, up_to: int | None) -> list[shadow.ShadowRow]:
+        if not force and not self._changed_since_last_look():
+            return []
+        limit = self._batch_size
+        if up_to is not None:
+            if self.stats.position >= up_to:
+                return []
+            limit = max(1, min(limit, up_to - self.stats.position))
+        rows = shadow.read_batch(self._connection(), self.stats.position, limit)
+        if up_to is not None:
+            # Never past `up_to`: reconciliation compares the trail as of exactly that
+            # seq. `up_to` is a head read in a committed snapshot, so no statement spans
+            # it, and cutting there never splits a REPLACE from its pre-images.
+            rows = [row for row in rows if row.seq <= up_to]
+        if len(rows) >= limit or up_to is not None:
+            # More may be waiting: make the next look read even if nobody commits.
+            self._data_version = None
+        return rows
+
+    async def drain(self, up_to: int | None = None) -> int:
+        """Poll until the backlog (or everything up to seq `up_to`) is stored, then prune."""
+        total = 0
+        force = up_to is not None
+        while True:
+            consumed = await self.poll_once(force=force, up_to=up_to)
+            total += consumed
+            if consumed == 0 or (up_to is not None and self.stats.position >= up_to):
+                break
+            force = True
+        if total:
+            await asyncio.to_thread(self.prune)
+        await asyncio.to_thread(self.refresh_backlog)
+        return total
+
+    def prune(self) -> None:
+        started = time.monotonic()
+        deleted = shadow.prune(
+            self._connection(), self.stats.position, keep=tuple(self.stats.untranslatable)
+        )
+        log.debug(
+            "source %s: pruned %d shadow rows in %.1f ms",
+            self.source.name,
+            deleted,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def refresh_backlog(self) -> None:
+        conn = self._connection()
+        self.stats.backlog = shadow.backlog(conn, self.stats.position)
+        self.stats.oldest_pending_at = (
+            shadow.oldest_change_after(conn, self.stats.position) if self.stats.backlog else None
+        )

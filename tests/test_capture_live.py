@@ -1,0 +1,174 @@
+"""Live capture through the real daemon: a separate process writes the billing
+database; the events show up through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cdc.service import CaptureService
+from config import load_config
+from demo.simulator import create_schema
+from storage.query import EventQuery
+from storage.store import AuditStore
+from storage.writer import GroupCommitWriter
+from tests.daemon import ROOT, free_port, run_cli, running_daemon
+
+DEMO_TABLES = [
+    {
+        "table": "customers",
+        "entity": "customer",
+        "actor": "id",
+        "ignore": ["updated_at"],
+        "mask": ["card_number"],
+        "actions": [{"action": "customer.deactivated", "when": {"status": "deactivated"}}],
+    },
+    {"table": "resource_actions", "entity": "resource_action", "actor": "customer_id"},
+    {"table": "charges", "entity": "charge", "actor": "customer_id"},
+]
+
+
+def demo_config(tmp_path: Path, port: int, **capture: Any) -> Path:
+    document = {
+        "store": {"url": "sqlite:///audit.db"},
+        "server": {"host": "127.0.0.1", "port": port},
+        "capture": {"poll_interval": 1.0, "snapshot": False, **capture},
+        "sources": [{"name": "billing", "database": "billing.db", "tables": DEMO_TABLES}],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def simulate(database: Path, count: int, seed: int = 3) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "demo.simulator",
+            str(database),
+            "--rate",
+            "0",
+            "--count",
+            str(count),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_changes_by_another_process_arrive_through_the_api(tmp_path: Path) -> None:
+    port = free_port()
+    config = demo_config(tmp_path, port)
+    create_schema(tmp_path / "billing.db")
+    with running_daemon(config, port):
+        simulate(tmp_path / "billing.db", 300)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            page = get_json(f"http://127.0.0.1:{port}/v1/events?stream=billing&limit=1000")
+            if len(page["events"]) >= 300:
+                break
+            time.sleep(0.05)
+        events = page["events"]
+        kinds = {(e["entity"], e["action"]) for e in events}
+        assert ("customer", "customer.created") in kinds
+        assert ("resource_action", "resource_action.created") in kinds
+        assert ("charge", "charge.created") in kinds
+        assert ("customer", "customer.deactivated") in kinds
+        assert all(
+            e["after"] is None or e["after"].get("card_number") in (None, "***")
+            for e in events
+            if e["entity"] == "customer"
+        )
+        charge = next(e for e in events if e["entity"] == "charge")
+        assert charge["actor"]["id"] == str(charge["after"]["customer_id"])
+
+        streams = {s["name"]: s for s in get_json(f"http://127.0.0.1:{port}/v1/streams")["streams"]}
+        billing = streams["billing"]
+        assert billing["head_seq"] == len(events) and billing["capturing"] is True
+        assert billing["backlog"] == 0 and billing["untranslatable"] == 0
+        assert billing["last_capture_at"].endswith("Z")
+        assert get_json(f"http://127.0.0.1:{port}/readyz")["status"] == "ready"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'auditor_capture_backlog{source="billing"}' in metrics
+
+    raw = (tmp_path / "audit.db").read_bytes()
+    conn = sqlite3.connect(tmp_path / "billing.db")
+    cards = [row[0] for row in conn.execute("SELECT card_number FROM customers")]
+    conn.close()
+    assert cards and not any(card.encode() in raw for card in cards)
+
+
+async def test_fallback_poll_captures_without_file_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The injected fault: a file system that never reports a write."""
+    monkeypatch.setattr("cdc.watcher.DatabaseWatcher.watch", lambda *args: None)
+    config = load_config(demo_config(tmp_path, free_port(), poll_interval=0.3))
+    create_schema(tmp_path / "billing.db")
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    service = CaptureService(config, store, writer)
+    await service.start()
+    try:
+        simulate(tmp_path / "billing.db", 20)
+        deadline = time.monotonic() + 5
+        count = 0
+        while time.monotonic() < deadline and count < 20:
+            await asyncio.sleep(0.1)
+            count = len(store.query(EventQuery(stream="billing", limit=1000)).events)
+        assert count == 20
+    finally:
+        await service.stop()
+        await writer.stop()
+        store.close()
+
+
+def test_install_and_uninstall_commands_leave_sqlite_master_as_it_was(tmp_path: Path) -> None:
+    config = demo_config(tmp_path, free_port())
+    create_schema(tmp_path / "billing.db")
+    simulate(tmp_path / "billing.db", 50)
+
+    def snapshot() -> tuple[list[Any], list[Any]]:
+        conn = sqlite3.connect(tmp_path / "billing.db")
+        master = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+        schema = master.fetchall()
+        data = conn.execute("SELECT * FROM customers ORDER BY id").fetchall()
+        conn.close()
+        return schema, data
+
+    before = snapshot()
+    assert run_cli("install-triggers", config=config).returncode == 0
+    assert run_cli("install-triggers", config=config).returncode == 0
+    installed = snapshot()
+    assert len(installed[0]) > len(before[0])
+    status = run_cli("status", config=config)
+    assert status.returncode == 0 and "billing" in status.stdout
+    assert run_cli("uninstall-triggers", config=config).returncode == 0
+    assert snapshot() == before
+
+
+def test_install_on_a_missing_database_is_a_usage_error(tmp_path: Path) -> None:
+    config = demo_config(tmp_path, free_port())
+    result = run_cli("install-triggers", config=config)
+    assert result.returncode == 2 and "billing.db" in result.stderr
