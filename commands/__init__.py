@@ -1,0 +1,1 @@
+"""The commands of `run_daemon.py`, one module per family."""

@@ -1,0 +1,30 @@
+"""What every command shares: exit codes, the usage error, opening the store."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import make_url
+
+from config import Config
+from storage.store import AuditStore, StorageError
+
+log = logging.getLogger("auditor")
+
+EXIT_OK = 0
+EXIT_FAILED_CHECK = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad usage or configuration: reported on stderr, exit 2."""
+
+
+def open_store(config: Config) -> AuditStore:
+    url = make_url(config.store.url).render_as_string(hide_password=True)
+    try:
+        store = AuditStore.open(config.store.url)
+    except StorageError as exc:
+        raise UsageError(f"{config.path}: store.url: {exc} ({url})") from exc
+    log.info("audit store ready at %s", url)
+    return store

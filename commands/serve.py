@@ -1,0 +1,127 @@
+"""`run` and `demo`: capture every source and serve the API in one process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from commands.common import EXIT_OK, UsageError, log, open_store
+from config import Config
+from storage.store import AuditStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add_parsers(sub: Any) -> None:
+    sub.add_parser("run", help="capture every source and serve the API").set_defaults(
+        handler=cmd_run
+    )
+    sub.add_parser(
+        "demo", help="simulate a billing database, capture it and serve the API"
+    ).set_defaults(handler=cmd_demo)
+
+
+def check_exposure(config: Config) -> None:
+    """Without tokens the API is open to anyone who can reach it: loopback only."""
+    if not config.auth.tokens and not config.loopback_only:
+        raise UsageError(
+            f"{config.path}: server.host: {config.server.host} is not a loopback address, "
+            "and auth.tokens is empty: without tokens Auditor serves a loopback address only "
+            "(127.0.0.1, ::1, localhost); "
+            "add a token under auth.tokens to listen there"
+        )
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from aiohttp import web
+
+    from web.app import create_app
+
+    check_exposure(config)
+    if not config.auth.tokens:
+        log.warning(
+            "auth is off (auth.tokens is empty): serving on loopback %s only", config.server.host
+        )
+    from storage.signing import KeyFileError
+
+    store = open_store(config)
+    try:
+        try:
+            app = create_app(config, store)
+        except KeyFileError as exc:
+            raise UsageError(f"{config.path}: integrity.key_file: {exc}") from exc
+        if config.sources:
+            attach_capture(app, config, store)
+        host, port = config.server.host, config.server.port
+        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        log.info("stopped cleanly")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def attach_capture(app: Any, config: Config, store: AuditStore) -> None:
+    """Capture as a task the web app owns (started after the writer, stopped before it),
+    with its status in `/v1/streams`, `/readyz` and `/metrics`."""
+    import asyncio
+    import contextlib
+
+    from cdc.service import CaptureService
+    from web.keys import CAPTURE_STATUS, READINESS, WRITER
+    from web.metrics import METRICS
+
+    service = CaptureService(config, store, app[WRITER])
+    app[CAPTURE_STATUS] = service.status
+    metrics = app[METRICS]
+
+    async def capture_running() -> str | None:
+        stopped = [name for name, s in service.status().items() if not s["running"]]
+        return f"capture is not running for {', '.join(stopped)}" if stopped else None
+
+    app[READINESS].add("capture", capture_running)
+
+    async def publish_metrics() -> None:
+        while True:
+            for name, status in service.status().items():
+                metrics.set_capture(name, status["backlog"], status["lag_seconds"])
+            await asyncio.sleep(1.0)
+
+    async def capture(app: Any) -> AsyncIterator[None]:
+        await service.start()
+        log.info("capturing %d source(s)", len(service.sources))
+        publisher = asyncio.create_task(publish_metrics())
+        yield
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+        await service.stop()
+
+    app.cleanup_ctx.append(capture)
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    """The demo billing database, a simulator changing it in its own process, and `run`."""
+    import subprocess
+
+    from demo.simulator import create_schema
+
+    check_exposure(config)
+    if not config.sources:
+        raise UsageError(f"{config.path}: sources: the demo needs a source to simulate")
+    database = config.sources[0].database
+    create_schema(database)
+    simulator = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "demo.simulator", str(database), "--rate", "5"],
+        cwd=ROOT,
+    )
+    base = f"http://{config.server.host}:{config.server.port}"
+    print(f"demo: simulating a billing service in {database} (pid {simulator.pid})")
+    print(f"demo: watch the audit trail: curl '{base}/v1/events?limit=5'")
+    try:
+        return cmd_run(args, config)
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=10)
