@@ -23,22 +23,19 @@ from web.problems import Problem
 from web.serialize import dumps, event_json
 from web.validation import MAX_BATCH, FieldError, ValidationFailed, parse_event, parse_time
 
-QUERY_PARAMS = frozenset(
-    {
-        "actor",
-        "entity",
-        "entity_id",
-        "event_type",
-        "action",
-        "stream",
-        "property",
-        "since",
-        "until",
-        "order",
-        "limit",
-        "cursor",
-    }
+FILTER_NAMES = (
+    "actor",
+    "entity",
+    "entity_id",
+    "event_type",
+    "action",
+    "stream",
+    "property",
+    "since",
+    "until",
 )
+"""The query filters shared by `/v1/events`, `/v1/export` and `/v1/tail`."""
+QUERY_PARAMS = frozenset({*FILTER_NAMES, "order", "limit", "cursor"})
 JSON_TYPES = frozenset({"application/json", "text/json", ""})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 CLOUDEVENT = "application/cloudevents+json"

@@ -25,7 +25,7 @@ import orjson
 from storage.events import AuditEvent
 from storage.query import EventQuery
 from storage.store import AuditStore
-from web.serialize import event_json
+from web.serialize import EVENT_FIELDS, event_json
 
 ExportFormat = Literal["ndjson", "csv"]
 FORMATS: tuple[ExportFormat, ...] = ("ndjson", "csv")
@@ -34,24 +34,7 @@ CONTENT_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
 }
 PAGE_SIZE = 1000
-CSV_COLUMNS = (
-    "id",
-    "stream",
-    "seq",
-    "entity",
-    "entity_id",
-    "event_type",
-    "action",
-    "properties",
-    "before",
-    "after",
-    "actor",
-    "occurred_at",
-    "recorded_at",
-    "metadata",
-    "hash",
-    "redacted",
-)
+CSV_COLUMNS = (*EVENT_FIELDS, "redacted")
 _JSON_COLUMNS = frozenset({"properties", "before", "after", "actor", "metadata"})
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from web.serialize import dumps
+from web.event_routes import FILTER_NAMES
+from web.serialize import EVENT_FIELDS, dumps
 
 routes = web.RouteTableDef()
 
@@ -85,23 +86,7 @@ SCHEMAS: dict[str, Schema] = {
     "Event": {
         "type": "object",
         "description": "A stored audit event.",
-        "required": [
-            "id",
-            "stream",
-            "seq",
-            "entity",
-            "entity_id",
-            "event_type",
-            "action",
-            "properties",
-            "before",
-            "after",
-            "actor",
-            "occurred_at",
-            "recorded_at",
-            "metadata",
-            "hash",
-        ],
+        "required": list(EVENT_FIELDS),
         "properties": {
             "id": {"type": "string", "format": "uuid", "description": "time-ordered (v7)"},
             "stream": {"type": "string", "description": "source name, or 'api'"},
@@ -475,20 +460,7 @@ PARAMETERS: dict[str, Schema] = {
     "userId": {"name": "user_id", "in": "path", "required": True, "schema": TEXT},
 }
 
-FILTERS = [
-    {"$ref": f"#/components/parameters/{name}"}
-    for name in (
-        "actor",
-        "entity",
-        "entity_id",
-        "event_type",
-        "action",
-        "stream",
-        "property",
-        "since",
-        "until",
-    )
-]
+FILTERS = [{"$ref": f"#/components/parameters/{name}"} for name in FILTER_NAMES]
 
 
 def _params(*names: str) -> list[Schema]:

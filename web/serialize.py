@@ -8,6 +8,25 @@ import orjson
 
 from storage.events import AuditEvent, format_time
 
+EVENT_FIELDS = (
+    "id",
+    "stream",
+    "seq",
+    "entity",
+    "entity_id",
+    "event_type",
+    "action",
+    "properties",
+    "before",
+    "after",
+    "actor",
+    "occurred_at",
+    "recorded_at",
+    "metadata",
+    "hash",
+)
+"""The fields of every event the API serves, in order (`redacted` is added when true)."""
+
 
 def event_json(event: AuditEvent) -> dict[str, Any]:
     """The event as SPEC's "The event" shows it."""
