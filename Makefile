@@ -33,7 +33,14 @@ lint: $(VENV)/.dev
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: $(VENV)/.dev
+$(VENV)/.bench: requirements-bench.txt $(VENV)/.dev
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+# Quick benchmarks (< 10 min); FULL=1 for the issue's sizes. Results: BENCHMARKS.md.
+# wrk (the HTTP load generator) is a Debian package.
+bench: $(VENV)/.bench
+	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) -m bench $(if $(FULL),--full,)
 
 soak: $(VENV)/.dev

@@ -14,8 +14,8 @@ from storage import merkle
 from storage.events import Actor, EventType, NewEvent, new_event_id, utc_now
 from storage.migrate import upgrade
 from storage.query import EventQuery
-from storage.schema import metadata
-from storage.store import AppendRequest, AuditStore, CapturePosition, to_ms
+from storage.schema import events, metadata
+from storage.store import EVENT_COLUMNS, AppendRequest, AuditStore, CapturePosition, to_ms
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -199,3 +199,8 @@ def test_iter_events_reads_everything_in_chunks(store: AuditStore, count: int) -
     store.append([AppendRequest([make_event(i) for i in range(25 * count)])])
     seen = [e.seq for e in store.iter_events(EventQuery(order="asc"), chunk=7)]
     assert seen == list(range(1, 25 * count + 1))
+
+
+def test_event_columns_are_the_tables_column_order() -> None:
+    """`_row_to_event` unpacks rows by position."""
+    assert tuple(column.name for column in events.c) == EVENT_COLUMNS

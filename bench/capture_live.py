@@ -1,0 +1,263 @@
+"""The daemon capturing a live billing database (everything as separate processes):
+
+- latency: billing commit → the event visible through GET /v1/events, at a steady
+  500 changes/s (single-row transactions);
+- end to end: a billing writer doing 100-row transactions as fast as it can, with
+  the daemon capturing; against the same writer with no daemon;
+- memory: the daemon's peak RSS while it drains a backlog and serves queries, at
+  two backlog sizes (flat = the same peak at both).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from bench.common import (
+    PY,
+    ROOT,
+    Daemon,
+    Figure,
+    Result,
+    alternate,
+    billing_db,
+    free_port,
+    install_auditor,
+    make_backlog,
+    median,
+    percentile,
+    plot_bars,
+    plot_cdf,
+    seed_customers,
+    shadow_count,
+    workdir,
+    write_config,
+)
+
+
+def _setup(directory: Path, tag: str) -> tuple[Path, Path, int]:
+    billing = billing_db(directory / f"{tag}-billing.db")
+    seed_customers(billing)
+    port = free_port()
+    config = write_config(directory, f"sqlite:///{directory / f'{tag}-audit.db'}",
+                          billing=billing, port=port)
+    install_auditor(config)
+    return billing, config, port
+
+
+def _writer(billing: Path, seconds: float, *, rate: float = 0, tx: int = 1,
+            log: Path | None = None) -> subprocess.Popen[str]:
+    command = [PY, "-m", "bench.load_writer", str(billing), "--seconds", str(seconds),
+               "--rate", str(rate), "--tx", str(tx)]
+    if log is not None:
+        command += ["--log", str(log)]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+
+def _head(daemon: Daemon, billing: Path) -> tuple[int, int]:
+    """(events stored in stream billing, backlog: shadow rows after the stored position)."""
+    stored = 0
+    for stream in daemon.get("/v1/streams")["streams"]:
+        if stream["name"] == "billing":
+            stored = int(stream["head_seq"])
+    audit = sqlite3.connect(billing.parent / billing.name.replace("-billing", "-audit"))
+    try:
+        row = audit.execute(
+            "SELECT position FROM capture_positions WHERE source = 'billing'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    finally:
+        audit.close()
+    conn = sqlite3.connect(billing, timeout=30)
+    try:
+        backlog = conn.execute('SELECT count(*) FROM "_auditor_changes" WHERE "seq" > ?',
+                               (row[0] if row else 0,)).fetchone()[0]
+    finally:
+        conn.close()
+    return stored, int(backlog)
+
+
+def latency(quick: bool) -> Result:
+    seconds = 10 if quick else 60
+    result = Result("capture_latency", "Capture latency at 500 changes/s")
+    with workdir("lat") as directory:
+        billing, config, port = _setup(directory, "lat")
+        daemon = Daemon(config, port)
+        seen: dict[str, float] = {}
+        polls: list[float] = []
+        stop = threading.Event()
+
+        def poll() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            deadline = time.monotonic() + seconds + 30
+            while not stop.is_set() and time.monotonic() < deadline:
+                t = time.perf_counter()
+                conn.request("GET", "/v1/events?stream=billing&entity=charge&limit=200")
+                body = json.loads(conn.getresponse().read())
+                now = time.time()
+                polls.append((time.perf_counter() - t) * 1000)
+                for event in body["events"]:
+                    seen.setdefault(event["entity_id"], now)
+            conn.close()
+
+        log = directory / "commits.txt"
+        try:
+            poller = threading.Thread(target=poll)
+            poller.start()
+            writer = _writer(billing, seconds, rate=500, tx=1, log=log)
+            writer.communicate(timeout=seconds + 60)
+            time.sleep(2)
+            stop.set()
+            poller.join()
+        finally:
+            stop.set()
+            daemon.stop()
+        committed = {}
+        for line in log.read_text().splitlines():
+            row_id, at = line.split()
+            committed[row_id] = float(at)
+    lat = [(seen[k] - t) * 1000 for k, t in committed.items() if k in seen]
+    missing = len(committed) - len(lat)
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    resolution = median(polls)
+    size = f"{len(committed):,} changes over {seconds} s"
+    size += " (quick; full: 60 s)" if quick else ""
+    result.rounds = {"latency ms": lat[:20000], "poll round trip ms": polls[:20000]}
+    result.figures.append(Figure(
+        "capture latency p50 at 500 changes/s", p50, "ms", "≤ 10 ms", p50 <= 10,
+        reference=f"measurement resolution: one GET round trip, median {resolution:.1f} ms",
+        reference_value=resolution, size=size, note=f"{missing} never seen",
+    ))
+    result.figures.append(Figure(
+        "capture latency p99 at 500 changes/s", p99, "ms", "≤ 50 ms", p99 <= 50,
+        reference=f"GET round trip p99 {percentile(polls, 99):.1f} ms",
+        reference_value=percentile(polls, 99), size=size,
+    ))
+    plot_cdf("capture_latency", "Billing commit → visible in GET /v1/events, 500 changes/s",
+             {"capture latency": lat, "GET round trip (resolution)": polls}, "ms")
+    return result
+
+
+def end_to_end(quick: bool) -> Result:
+    seconds, rounds = (10, 2) if quick else (60, 3)
+    result = Result("end_to_end", "End to end: billing writer (100-row transactions) + daemon")
+    backlogs: list[list[int]] = []
+    tails: list[int] = []
+    with workdir("e2e") as directory:
+        counter = iter(range(100))
+
+        def with_daemon() -> float:
+            billing, config, port = _setup(directory, f"d{next(counter)}")
+            daemon = Daemon(config, port)
+            try:
+                start_seq, _ = _head(daemon, billing)
+                writer = _writer(billing, seconds, tx=100)
+                samples = []
+                t0 = time.monotonic()
+                while writer.poll() is None and time.monotonic() - t0 < seconds + 30:
+                    time.sleep(1)
+                    samples.append(_head(daemon, billing)[1])
+                writer.communicate(timeout=60)
+                end_seq, backlog = _head(daemon, billing)
+                elapsed = time.monotonic() - t0
+                backlogs.append(samples)
+                tails.append(backlog)
+            finally:
+                daemon.stop()
+            return (end_seq - start_seq) / elapsed
+
+        def writer_alone() -> float:
+            billing, _, _ = _setup(directory, f"w{next(counter)}")
+            writer = _writer(billing, seconds, tx=100)
+            out, _ = writer.communicate(timeout=seconds + 60)
+            rows, elapsed = out.split()
+            return int(rows) / float(elapsed)
+
+        series = alternate({"captured by the daemon": with_daemon,
+                            "writer alone, triggers, no daemon": writer_alone}, rounds)
+    result.rounds = series
+    value, ref = median(series["captured by the daemon"]), median(
+        series["writer alone, triggers, no daemon"])
+    growing = [b[-1] - b[len(b) // 2] for b in backlogs if b]
+    bounded = all(g <= 0 for g in growing)
+    result.notes.append(f"backlog samples (1/s) per round: {backlogs}")
+    result.figures.append(Figure(
+        "end to end captured rate, 100-row transactions", value, "changes/s",
+        "≥ 30,000 sustained, backlog bounded", value >= 30_000 and bounded,
+        reference=f"the writer alone (triggers, no daemon) {ref:,.0f}/s",
+        reference_value=ref, ratio=value / ref,
+        size=f"{seconds} s per round, {rounds} rounds" + (" (quick; full: 60 s)" if quick else ""),
+        note=f"backlog {'bounded' if bounded else 'GROWING'}: last-half growth {growing}, "
+             f"at writer end {tails}",
+    ))
+    plot_bars("end_to_end", result.title, "changes / s", series, target=30_000)
+    return result
+
+
+def memory(quick: bool) -> Result:
+    sizes = (30_000, 120_000) if quick else (250_000, 1_000_000)
+    result = Result("memory", "Daemon peak RSS while draining a backlog and serving queries")
+    peaks: dict[int, float] = {}
+    idle: dict[int, float] = {}
+    rates: dict[int, float] = {}
+    with workdir("mem") as directory:
+        for size in sizes:
+            billing, config, port = _setup(directory, f"m{size}")
+            daemon = Daemon(config, port)
+            stop = threading.Event()
+            queries = [0]
+
+            def query(
+                port: int = port, stop: threading.Event = stop, queries: list[int] = queries
+            ) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                deadline = time.monotonic() + 900
+                while not stop.is_set() and time.monotonic() < deadline:
+                    conn.request("GET", "/v1/events?actor=0042&limit=50")
+                    conn.getresponse().read()
+                    queries[0] += 1
+                    time.sleep(0.02)
+                conn.close()
+
+            try:
+                time.sleep(1)
+                idle[size] = daemon.rss_kb()[0] / 1024
+                # The backlog is written while the daemon already runs: it drains as it goes.
+                t0 = time.monotonic()
+                make_backlog(billing, size)
+                thread = threading.Thread(target=query)
+                thread.start()
+                deadline = time.monotonic() + 900
+                while time.monotonic() < deadline:
+                    stored, _ = _head(daemon, billing)
+                    if stored >= size and shadow_count(billing) <= 1:
+                        break
+                    time.sleep(0.5)
+                rates[size] = size / (time.monotonic() - t0)
+                stop.set()
+                thread.join()
+                peaks[size] = daemon.rss_kb()[1] / 1024
+            finally:
+                stop.set()
+                daemon.stop()
+    small, large = sizes
+    flat = peaks[large] <= peaks[small] * 1.15
+    result.rounds = {f"{s:,} backlog peak MB": [peaks[s]] for s in sizes} | {
+        f"{s:,} idle MB": [idle[s]] for s in sizes}
+    result.figures.append(Figure(
+        f"daemon peak RSS, {large:,}-change backlog + queries", peaks[large], "MB",
+        "≤ 150 MB, flat in backlog size", peaks[large] <= 150 and flat,
+        reference=f"peak at {small:,} changes {peaks[small]:.0f} MB; idle after start "
+                  f"{idle[large]:.0f} MB", reference_value=peaks[small],
+        ratio=peaks[large] / peaks[small],
+        size=("quick: " if quick else "") + f"{small:,} and {large:,} changes",
+        note=f"drain rate through the running daemon (writing the backlog included) "
+             f"{rates[large]:,.0f} changes/s",
+    ))
+    plot_bars("memory", result.title, "MB", {k: v for k, v in result.rounds.items()}, target=150)
+    return result

@@ -1,0 +1,117 @@
+"""The raw ceiling: plain sqlite3 / psycopg doing only the storage writes.
+
+The same tables and indexes as Auditor's store (created by `AuditStore.open`,
+so by Auditor's own migrations), the same durability (SQLite WAL with
+synchronous=FULL), the same transaction sizes; but no translation, no
+canonical encoding, no hashing, no Merkle tree and no SQLAlchemy: rows built
+from pre-made strings and handed to `executemany`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import uuid_utils
+
+from storage.store import EVENT_COLUMNS, AuditStore
+
+_FAKE_HASH = "0" * 64
+_PROPERTY_NAMES = [f"column_{k}" for k in range(200)]
+
+
+def create_store(url: str) -> None:
+    AuditStore.open(url).close()
+
+
+def event_rows(first_pk: int, first_seq: int, payloads: Sequence[str], actor: str = "7",
+               stream: str = "billing") -> list[tuple[Any, ...]]:
+    return [
+        (first_pk + i, str(uuid_utils.uuid7()), stream, first_seq + i, "charge", str(first_seq + i),
+         "CREATE", "charge.created", '["amount_cents"]', actor, None, None,
+         1_796_000_000_000, 1_796_000_000_000, payload, _FAKE_HASH, _FAKE_HASH, False)
+        for i, payload in enumerate(payloads)
+    ]
+
+
+class RawSqlite:
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.mark = "?"
+        self.pk = int(self.conn.execute("SELECT coalesce(max(pk), 0) FROM events").fetchone()[0])
+        self.seq = 0
+
+    def write(self, payloads: Sequence[str], position: int | None = None,
+              properties: Sequence[int] | None = None) -> None:
+        rows = event_rows(self.pk + 1, self.seq + 1, payloads)
+        self.conn.execute("BEGIN IMMEDIATE")
+        _write(self.conn.cursor(), self.mark, rows, position, self.seq + len(rows), properties)
+        self.conn.execute("COMMIT")
+        self.pk += len(rows)
+        self.seq += len(rows)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class RawPg:
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        self.mark = "%s"
+        self.pk = int(self.conn.execute("SELECT coalesce(max(pk), 0) FROM events").fetchone()[0])
+        self.conn.commit()
+        self.seq = 0
+
+    def write(self, payloads: Sequence[str], position: int | None = None,
+              properties: Sequence[int] | None = None) -> None:
+        rows = event_rows(self.pk + 1, self.seq + 1, payloads)
+        with self.conn.cursor() as cur:
+            _write(cur, self.mark, rows, position, self.seq + len(rows), properties)
+        self.conn.commit()
+        self.pk += len(rows)
+        self.seq += len(rows)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _write(cur: Any, mark: str, rows: list[tuple[Any, ...]], position: int | None,
+           head: int, properties: Sequence[int] | None) -> None:
+    """`properties[i]` property rows for event i (as many as Auditor writes: one per
+    changed column), one each by default."""
+    columns = ", ".join(EVENT_COLUMNS)
+    marks = ", ".join(mark for _ in EVENT_COLUMNS)
+    counts = properties if properties is not None else [1] * len(rows)
+    property_rows = [(_PROPERTY_NAMES[k], row[0]) for row, n in zip(rows, counts, strict=True)
+                     for k in range(n)]
+    if mark == "%s":
+        # PostgreSQL: COPY, the fastest way psycopg has to load rows.
+        with cur.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        with cur.copy("COPY event_properties (name, event_pk) FROM STDIN") as copy:
+            for prop in property_rows:
+                copy.write_row(prop)
+    else:
+        cur.executemany(f"INSERT INTO events ({columns}) VALUES ({marks})", rows)
+        cur.executemany(
+            f"INSERT INTO event_properties (name, event_pk) VALUES ({mark}, {mark})",
+            property_rows)
+    cur.execute(
+        "INSERT INTO streams (name, head_seq, head_hash, updated_at) "
+        f"VALUES ('billing', {mark}, {mark}, 0) ON CONFLICT (name) DO UPDATE SET "
+        "head_seq = excluded.head_seq, head_hash = excluded.head_hash",
+        (head, _FAKE_HASH),
+    )
+    if position is not None:
+        cur.execute(
+            "INSERT INTO capture_positions (source, position, updated_at) "
+            f"VALUES ('billing', {mark}, 0) ON CONFLICT (source) DO UPDATE SET "
+            "position = excluded.position",
+            (position,),
+        )
