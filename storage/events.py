@@ -53,6 +53,10 @@ class NewEvent:
     after: dict[str, JSONValue] | None = None
     metadata: dict[str, JSONValue] = field(default_factory=dict)
     id: str = field(default_factory=lambda: new_event_id())
+    client_id: bool = False
+    """The id came from a client: posting it again returns the stored event.
+    Ids made by Auditor (and by capture, whose position makes it exactly-once)
+    are new by construction, so the store does not look them up."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,8 +172,9 @@ class AuditStore:
     ) -> tuple[list[list[Appended]], dict[str, dict[tuple[int, int], bytes]]]:
         now = truncate_to_millis(utc_now())
         now_ms = to_ms(now)
-        all_ids = [event.id for request in requests for event in request.events]
-        stored = self._events_by_id(conn, all_ids)
+        # Only a client can send an id again; ids made here or by capture are new.
+        client_ids = [e.id for request in requests for e in request.events if e.client_id]
+        stored = self._events_by_id(conn, client_ids) if client_ids else {}
         results: list[list[Appended | None]] = [[None] * len(r.events) for r in requests]
         fresh: list[tuple[int, int, NewEvent]] = []
         claimed: dict[str, tuple[int, int]] = {}
@@ -287,18 +288,22 @@ class AuditStore:
 
     def _advance_head(self, conn: Connection, stream: str, count: int, now_ms: int) -> int:
         """Reserve `count` seqs of `stream`; the row lock keeps concurrent appenders in line."""
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        conn.execute(
-            insert(streams)
-            .values(name=stream, head_seq=0, head_hash=None, updated_at=now_ms)
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        head = conn.execute(
+        advance = (
             update(streams)
             .where(streams.c.name == stream)
             .values(head_seq=streams.c.head_seq + count, updated_at=now_ms)
             .returning(streams.c.head_seq)
-        ).scalar_one()
+        )
+        head = conn.execute(advance).scalar_one_or_none()
+        if head is None:
+            # A new stream (rare): create its row, racing other appenders safely.
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            conn.execute(
+                insert(streams)
+                .values(name=stream, head_seq=0, head_hash=None, updated_at=now_ms)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            head = conn.execute(advance).scalar_one()
         return int(head)
 
     def _read_node(self, conn: Connection, stream: str, level: int, index: int) -> bytes:

@@ -15,7 +15,14 @@ from storage.events import Actor, EventType, NewEvent, new_event_id, utc_now
 from storage.migrate import upgrade
 from storage.query import EventQuery
 from storage.schema import events, metadata
-from storage.store import EVENT_COLUMNS, AppendRequest, AuditStore, CapturePosition, to_ms
+from storage.store import (
+    EVENT_COLUMNS,
+    AppendRequest,
+    AuditStore,
+    CapturePosition,
+    StorageError,
+    to_ms,
+)
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -62,12 +69,23 @@ def test_stored_event_reads_back_exactly(store: AuditStore) -> None:
     assert store.get(new_event_id()) is None
 
 
-def test_same_id_twice_is_stored_once(store: AuditStore) -> None:
-    first = make_event(1)
+def test_same_client_id_twice_is_stored_once(store: AuditStore) -> None:
+    first = make_event(1, client_id=True)
     assert store.append([AppendRequest([first])])[0][0].created
     again = store.append([AppendRequest([first, first])])[0]
     assert [a.created for a in again] == [False, False]
     assert again[0].event.seq == 1
+    assert store.streams()[0].head_seq == 1
+
+
+def test_an_id_made_by_auditor_stored_twice_is_an_error_not_a_silent_merge(
+    store: AuditStore,
+) -> None:
+    """Only client ids are looked up; any other repeat is a bug, and must be loud."""
+    event = make_event(1)
+    store.append([AppendRequest([event])])
+    with pytest.raises(StorageError):
+        store.append([AppendRequest([event])])
     assert store.streams()[0].head_seq == 1
 
 
