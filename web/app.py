@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from web import (
 )
 from web.auth import auth_middleware
 from web.bodies import MAX_BODY
-from web.keys import CONFIG, EVENT_BUS, READINESS, STORE, WRITER
+from web.keys import CONFIG, EVENT_BUS, READER, READINESS, STORE, WRITER
 from web.metrics import METRICS, Metrics, store_error_middleware, timing_middleware
 from web.problems import error_middleware
 from web.readiness import Readiness
@@ -54,6 +55,8 @@ def create_app(config: Config, store: AuditStore) -> web.Application:
     # after the writer has drained.
     app.cleanup_ctx.append(integrity_routes.run_checkpointer)
     app.cleanup_ctx.append(_run_writer)
+    app[READER] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-reader")
+    app.on_cleanup.append(_stop_reader)
     app[METRICS] = Metrics()
     app[EVENT_BUS] = EventBus()
     app[READINESS] = Readiness()
@@ -70,6 +73,10 @@ def create_app(config: Config, store: AuditStore) -> web.Application:
     app.add_routes(openapi.routes)
     app.add_routes(integrity_routes.routes)
     return app
+
+
+async def _stop_reader(app: web.Application) -> None:
+    app[READER].shutdown(wait=True)
 
 
 async def _run_writer(app: web.Application) -> AsyncIterator[None]:

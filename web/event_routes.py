@@ -7,7 +7,6 @@ CloudEvents (structured and batch). Every acknowledged event is committed
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -18,7 +17,7 @@ from storage.events import NewEvent
 from storage.query import MAX_LIMIT, CursorError, EventQuery, decode_cursor, encode_cursor
 from storage.store import Appended, AppendRequest, AuditStore, StorageError, to_ms
 from web.bodies import parse_json, read_body
-from web.keys import STORE, WRITER
+from web.keys import STORE, WRITER, read_in_reader
 from web.problems import Problem
 from web.serialize import dumps, event_json
 from web.validation import MAX_BATCH, FieldError, ValidationFailed, parse_event, parse_time
@@ -120,7 +119,7 @@ def parse_query(params: Any, *, allowed: frozenset[str] = QUERY_PARAMS) -> Event
 @routes.get("/v1/events")
 async def list_events(request: web.Request) -> web.Response:
     query = parse_query(request.query)
-    body = await asyncio.to_thread(_page_body, request.app[STORE], query)
+    body = await read_in_reader(request, _page_body, request.app[STORE], query)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -135,7 +134,7 @@ def _page_body(store: AuditStore, query: EventQuery) -> bytes:
 @routes.get("/v1/events/{event_id}")
 async def get_event(request: web.Request) -> web.Response:
     event_id = canonical_uuid(request.match_info["event_id"])
-    event = await asyncio.to_thread(request.app[STORE].get, event_id) if event_id else None
+    event = await read_in_reader(request, request.app[STORE].get, event_id) if event_id else None
     if event is None:
         raise Problem(404, "no event with this id")
     return json_response(event_json(event))

@@ -19,7 +19,7 @@ from storage.events import Actor, AuditEvent, EventType, NewEvent, utc_now
 from storage.query import EventQuery
 from web.bodies import read_json
 from web.event_routes import append, canonical_uuid, json_response
-from web.keys import STORE
+from web.keys import STORE, read_in_reader
 from web.problems import Problem
 from web.serialize import seed_event_json
 from web.validation import ValidationFailed, parse_event
@@ -50,7 +50,7 @@ async def ping(_request: web.Request) -> web.Response:
 async def customer_log(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     query = EventQuery(actor=user_id, order="desc", limit=SEED_LIST_LIMIT)
-    page = await asyncio.to_thread(request.app[STORE].query, query)
+    page = await read_in_reader(request, request.app[STORE].query, query)
     return json_response({"result": "success", "events": [seed_event_json(e) for e in page.events]})
 
 
@@ -126,7 +126,7 @@ def redaction_event(original: AuditEvent, actor: Actor, reason: str | None) -> N
 
 async def _find(request: web.Request) -> AuditEvent:
     event_id = canonical_uuid(request.match_info["event_uuid"])
-    event = await asyncio.to_thread(request.app[STORE].get, event_id) if event_id else None
+    event = await read_in_reader(request, request.app[STORE].get, event_id) if event_id else None
     if event is None:
         raise Problem(404, "does not exist")
     return event
