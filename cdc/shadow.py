@@ -176,25 +176,22 @@ def _fetch(
 
 
 def _statement_unfinished(rows: list[ShadowRow]) -> bool:
-    """Whether the last statement in `rows` may still have rows that resolve a pre-image."""
+    """Whether the last statement in `rows` may still have rows that resolve a pre-image.
+
+    Per table, from the end back over the rows of the last change time: a `P`
+    row before any `I`/`U` means a REPLACE is still waiting for its row (with
+    `recursive_triggers=ON` its `D` rows come in between). A run of `D` rows
+    with no `P` before it is a plain multi-row DELETE and is complete: treating
+    it as unfinished made a 100,000-row DELETE one batch (and its memory).
+    """
     tail_time = rows[-1].changed_at
-    last: dict[str, ShadowRow] = {}
-    before_last: dict[str, ShadowRow] = {}
-    for row in rows:
-        if row.table in last:
-            before_last[row.table] = last[row.table]
-        last[row.table] = row
-    for table, row in last.items():
+    resolved: set[str] = set()
+    for row in reversed(rows):
         if row.changed_at != tail_time:
+            break
+        if row.table in resolved or row.op == "D":
             continue
         if row.op == "P":
             return True
-        previous = before_last.get(table)
-        if (
-            row.op == "D"
-            and previous is not None
-            and previous.op in ("P", "D")
-            and previous.changed_at == tail_time
-        ):
-            return True
+        resolved.add(row.table)
     return False
