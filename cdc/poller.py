@@ -73,6 +73,10 @@ class ShadowPoller:
             self._conn = installer.connect(self.source.database)
         return self._conn
 
+    def schema_version(self) -> int:
+        """The billing database's `PRAGMA schema_version` (changes with every migration)."""
+        return installer.schema_version(self._connection())
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -119,11 +119,8 @@ class SourceCapture:
             await self.on_gap(self, gaps)
 
     def _read_schema_version(self) -> int:
-        conn = installer.connect(self.source.database)
-        try:
-            return installer.schema_version(conn)
-        finally:
-            conn.close()
+        # The poller's own connection: this runs before every drain, on every wake-up.
+        return self.poller.schema_version()
 
     def _shadow_table_exists(self) -> bool:
         conn = installer.connect(self.source.database)

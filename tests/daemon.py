@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,6 +40,26 @@ def run_cli(
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+def set_port(config: Path, port: int) -> None:
+    """Point an existing config file's `server.port` at `port`."""
+    document = yaml.safe_load(config.read_text())
+    document["server"]["port"] = port
+    config.write_text(yaml.safe_dump(document))
+
+
+def start_daemon(config: Path) -> subprocess.Popen[bytes]:
+    """Start the daemon on a free port without waiting for it (for kill tests);
+    output is appended to `daemon.log` beside the config."""
+    set_port(config, free_port())
+    with (config.parent / "daemon.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "run_daemon.py"), "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import yaml
 
 from storage.query import EventQuery
 from storage.store import AuditStore
-from tests.daemon import ROOT, free_port, run_cli, running_daemon
+from tests.daemon import ROOT, free_port, run_cli, running_daemon, set_port, start_daemon
 
 SOAK = os.environ.get("AUDITOR_SOAK") == "1"
 TRANSACTIONS = 6000 if SOAK else 900
@@ -45,23 +45,6 @@ def billing_setup(tmp_path: Path) -> tuple[Path, Path]:
     }
     config.write_text(yaml.safe_dump(document))
     return database, config
-
-
-def set_port(config: Path, port: int) -> None:
-    document = yaml.safe_load(config.read_text())
-    document["server"]["port"] = port
-    config.write_text(yaml.safe_dump(document))
-
-
-def start_daemon(config: Path) -> subprocess.Popen[bytes]:
-    set_port(config, free_port())
-    with (config.parent / "daemon.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "run_daemon.py"), "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -173,3 +174,24 @@ def test_install_on_a_missing_database_is_a_usage_error(tmp_path: Path) -> None:
     config = demo_config(tmp_path, free_port())
     result = run_cli("install-triggers", config=config)
     assert result.returncode == 2 and "billing.db" in result.stderr
+
+
+def test_demo_command_simulates_captures_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    """`run_daemon.py demo`: creates the billing database, its simulator process
+    changes it, the changes arrive through the API; SIGTERM stops both."""
+    port = free_port()
+    config = demo_config(tmp_path, port)
+    with running_daemon(config, port, "demo") as daemon:
+        deadline = time.monotonic() + 20
+        events: list[Any] = []
+        while time.monotonic() < deadline and len(events) < 5:
+            time.sleep(0.2)
+            events = get_json(f"http://127.0.0.1:{port}/v1/events?stream=billing")["events"]
+        assert len(events) >= 5
+        assert {e["entity"] for e in events} <= {"customer", "resource_action", "charge"}
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0
+    log = (tmp_path / "daemon.log").read_text()
+    simulator_pid = int(log.split("(pid ", 1)[1].split(")", 1)[0])
+    # The daemon waits for its simulator, so the process is gone, not a zombie.
+    assert not Path(f"/proc/{simulator_pid}").exists()

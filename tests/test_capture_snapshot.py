@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +18,7 @@ from storage.events import Actor, EventType
 from storage.store import Appended, AppendRequest, AuditStore
 from storage.writer import GroupCommitWriter
 from tests.capture_support import events, table_state, trail_state, write_config
-from tests.daemon import ROOT, free_port, running_daemon
-from tests.test_capture_kill import set_port
+from tests.daemon import free_port, running_daemon, set_port, start_daemon
 from tests.test_capture_live import DEMO_TABLES, simulate
 
 
@@ -79,17 +76,6 @@ def test_existing_rows_become_one_read_each(tmp_path: Path) -> None:
         store.close()
     log = (tmp_path / "daemon.log").read_text()
     assert "Traceback" not in log and "rows/s" not in log  # no progress bar off a terminal
-
-
-def start_daemon(config: Path) -> subprocess.Popen[bytes]:
-    set_port(config, free_port())
-    with (config.parent / "daemon.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "run_daemon.py"), "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
 
 
 @pytest.mark.slow
