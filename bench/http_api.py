@@ -249,7 +249,7 @@ def populate(url: str, count: int, actors: int = 1000) -> None:
 
 
 def get_and_verify(quick: bool) -> list[Result]:
-    count, seconds, rounds = (100_000, 6, 3) if quick else (10_000_000, 20, 3)
+    count, seconds, rounds = (300_000, 6, 3) if quick else (10_000_000, 20, 3)
     size_note = f"{count:,} events" + (" (quick; full: 10,000,000)" if quick else "")
     get = Result("get_query", "GET /v1/events?actor=X&limit=50")
     ver = Result("verify", "run_daemon.py verify")

@@ -60,6 +60,8 @@ from storage.verify_rows import (
     REMOVED,
     REORDERED,
     TRUNCATED,
+    DriverQuery,
+    EventRow,
     Finding,
     Row,
     StoredNodes,
@@ -242,8 +244,11 @@ class _StreamCheck:
         ).first()
         head_seq = int(head.head_seq) if head is not None else None
         stream, conn, page = self.stream, self.conn, self.page
-        events_from = events_sql(
-            conn.dialect.name, "stream = :stream AND seq >= :seq ORDER BY seq, pk LIMIT :limit"
+        events_from = DriverQuery(
+            conn,
+            events_sql(
+                conn.dialect.name, "stream = :stream AND seq >= :seq ORDER BY seq, pk LIMIT :limit"
+            ),
         )
         nodes = StoredNodes(conn, stream, page)
         frontier: list[bytes] = []
@@ -260,9 +265,7 @@ class _StreamCheck:
         last_seq, last_pk = 0, -1
         last_second, text = None, ""
         while True:
-            rows = conn.execute(
-                events_from, {"stream": stream, "seq": last_seq, "limit": page}
-            ).all()
+            rows = events_from.rows({"stream": stream, "seq": last_seq, "limit": page})
             fresh = 0
             for row in rows:
                 (
@@ -288,14 +291,16 @@ class _StreamCheck:
                 fresh += 1
                 last_seq, last_pk = seq, pk
                 if seq != size + 1 or (head_seq is not None and seq > head_seq):
-                    return self.result(size, position_problem(row, size + 1, head_seq))
+                    return self.result(
+                        size, position_problem(EventRow._make(row), size + 1, head_seq)
+                    )
                 if payload is not None:
                     if sha256(payload).hexdigest() != digest:
-                        return self.result(size, payload_problem(row))
+                        return self.result(size, payload_problem(EventRow._make(row)))
                 elif is_redacted:
                     redacted[event_id] = (seq, event_id)
                 else:
-                    return self.result(size, payload_problem(row))
+                    return self.result(size, payload_problem(EventRow._make(row)))
                 try:
                     second = occurred_at // 1000
                     if second != last_second:
@@ -321,7 +326,9 @@ class _StreamCheck:
                     )
                 leaf = sha256(b"\x00" + canonical).digest()
                 if leaf.hex() != stored_hash:
-                    return self.result(size, mismatch_problem(conn, stream, row, head_seq))
+                    return self.result(
+                        size, mismatch_problem(conn, stream, EventRow._make(row), head_seq)
+                    )
                 if action == REDACTION_ACTION and entity == REDACTION_ENTITY:
                     redacted.pop(entity_id, None)
                 # The fold of merkle.Frontier.append, inline: each node it completes

@@ -10,8 +10,8 @@ against every other seq to tell a moved event from an altered one.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+from collections import deque, namedtuple
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import sha256
@@ -42,10 +42,42 @@ _EVENT_COLUMNS = (
 )
 _PAYLOAD_BYTES = {"sqlite": "CAST(payload AS BLOB)", "postgresql": "convert_to(payload, 'UTF8')"}
 
+EventRow = namedtuple(  # type: ignore[misc]  # the fields are the columns of the SQL
+    "EventRow", [c.split(" AS ")[-1].strip() for c in _EVENT_COLUMNS.split(",")]
+)
+"""A row of `events_sql` by name, for the failure path (the hot loop unpacks plain tuples)."""
+
 
 def events_sql(dialect: str, where: str) -> TextClause:
     columns = _EVENT_COLUMNS.format(payload=_PAYLOAD_BYTES[dialect])
     return text(f"SELECT {columns} FROM events WHERE {where}")
+
+
+class DriverQuery:
+    """`conn.execute(clause, params).all()`, as the driver's plain tuples.
+
+    Runs on the driver connection underneath `conn`, so inside its transaction
+    (the same snapshot), compiled once, and without building a SQLAlchemy `Row`
+    per row: a third of verify's time went there.
+    """
+
+    def __init__(self, conn: Connection, clause: TextClause) -> None:
+        compiled = clause.compile(dialect=conn.dialect)
+        self._sql = str(compiled)
+        self._names = compiled.positiontup
+        self._conn = conn
+
+    def rows(self, params: Mapping[str, Any]) -> list[Any]:
+        names = self._names
+        args: Any = tuple(params[name] for name in names) if names is not None else dict(params)
+        driver = self._conn.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            cursor.execute(self._sql, args)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
 
 NODES_FROM = text(
@@ -104,21 +136,21 @@ class StoredNodes:
 
     def __init__(self, conn: Connection, stream: str, page: int) -> None:
         self._conn = conn
+        self._nodes_from = DriverQuery(conn, NODES_FROM)
         self._stream = stream
         self._page = page
         self.buffers: list[deque[tuple[int, bytes]]] = [deque() for _ in range(65)]
         self._next_index = [0] * 65
 
     def refill(self, level: int) -> deque[tuple[int, bytes]]:
-        rows = self._conn.execute(
-            NODES_FROM,
+        rows = self._nodes_from.rows(
             {
                 "stream": self._stream,
                 "level": level,
                 "idx": self._next_index[level],
                 "limit": max(self._page >> level, 64),
-            },
-        ).all()
+            }
+        )
         buffer = self.buffers[level]
         buffer.extend(
             (index, value) if isinstance(value, bytes) else (index, b"") for index, value in rows
