@@ -54,12 +54,14 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def auditor_drain(billing: Path, config_path: Path, url: str, batch: int = 1000) -> float:
     from cdc.poller import ShadowPoller
+    from commands.serve import settle_collector
     from config import load_config
     from storage.store import AuditStore
     from storage.writer import GroupCommitWriter
 
     source = load_config(config_path).sources[0].model_copy(update={"database": billing})
     store = AuditStore.open(url)
+    settle_collector()  # as the daemon does before it serves and captures
 
     async def go() -> float:
         writer = GroupCommitWriter(store)

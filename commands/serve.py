@@ -57,15 +57,33 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if config.sources:
             attach_capture(app, config, store)
         host, port = config.server.host, config.server.port
-        # Everything built so far lives as long as the process: keep it out of the
-        # collector's way. Measured: GET /v1/events p99 at one connection 92 ms -> 1.9 ms
-        # (full collections walking the startup objects were the 92 ms).
-        gc.freeze()
+        settle_collector()
         web.run_app(app, host=host, port=port, print=None, access_log=None)
         log.info("stopped cleanly")
     finally:
         store.close()
     return EXIT_OK
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds while serving (CPython's default: 700, 10, 10)."""
+
+
+def settle_collector() -> None:
+    """Tune the cyclic garbage collector for a long-running daemon; call once set up.
+
+    Everything built so far lives as long as the process: `gc.freeze()` keeps it
+    out of every later collection. Measured: GET /v1/events p99 at one connection
+    92 ms -> 1.9 ms (full collections walking the startup objects were the 92 ms).
+    A capture batch or a group commit allocates some 20 container objects an
+    event, so the default young-generation threshold (700) ran a collection
+    every ~35 events: with `GC_THRESHOLDS` a 60,000-change drain went from
+    15,800 to 21,700 changes/s (the same as with the collector off). Few cycles
+    are made (that drain, run with the collector off, left 4,148 objects for
+    one final collection); the collector still runs, only less often.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def attach_capture(app: Any, config: Config, store: AuditStore) -> None:

@@ -49,7 +49,7 @@ from sqlalchemy import Connection, Engine, select
 from storage import merkle
 from storage.canonical import canonical_fields
 from storage.checkpoints import Checkpoint, stream_checkpoints
-from storage.events import format_time
+from storage.events import format_time, second_text
 from storage.schema import checkpoints, events, streams
 from storage.signing import PublicKey
 from storage.store import AuditStore
@@ -71,7 +71,6 @@ from storage.verify_rows import (
     node_problem,
     payload_problem,
     position_problem,
-    second_text,
 )
 
 __all__ = [

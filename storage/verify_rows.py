@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import deque, namedtuple
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from hashlib import sha256
 from itertools import islice
 from typing import Any
@@ -22,8 +21,7 @@ import orjson
 from sqlalchemy import Connection, TextClause, text
 
 from storage.canonical import canonical_fields
-from storage.events import format_time
-from storage.store import from_ms
+from storage.events import format_ms
 
 ALTERED = "altered"
 REMOVED = "removed"
@@ -96,16 +94,6 @@ class Finding:
     reason: str
     seq: int | None = None
     event_id: str | None = None
-
-
-@lru_cache(maxsize=4096)
-def second_text(second: int) -> str:
-    return format_time(from_ms(second * 1000))[:-4]
-
-
-def format_ms(ms: int) -> str:
-    """`format_time(from_ms(ms))`, several times faster for events in the same second."""
-    return f"{second_text(ms // 1000)}{ms % 1000:03d}Z"
 
 
 def canonical_row(row: Row, stream: str, seq: int) -> bytes:
