@@ -384,6 +384,16 @@ class AuditStore:
         return int(pk) if pk is not None else None
 
     def query(self, q: EventQuery) -> Page:
+        rows, last_pk = self.query_rows(q)
+        return Page([row_to_event(row) for row in rows], last_pk)
+
+    def query_rows(self, q: EventQuery) -> tuple[list[tuple[Any, ...]], int | None]:
+        """`query` as stored rows (`EVENT_COLUMNS` order, see `row_to_event`) and the
+        pk of the page's last event when there may be more.
+
+        For callers that only serialise the page: building events first was half the
+        time of a 50-event `GET /v1/events`.
+        """
         statement = select(events)
         if q.property is not None:
             statement = statement.join(
@@ -417,11 +427,10 @@ class AuditStore:
         order = events.c.pk.desc() if q.order == "desc" else events.c.pk.asc()
         statement = statement.where(*conditions).order_by(order).limit(q.limit + 1)
         with self._read() as conn:
-            rows = conn.execute(statement).all()
+            rows = [tuple(row) for row in conn.execute(statement)]
         more = len(rows) > q.limit
         rows = rows[: q.limit]
-        page = [_row_to_event(row) for row in rows]
-        return Page(page, rows[-1].pk if more and rows else None)
+        return rows, (int(rows[-1][0]) if more and rows else None)
 
     def iter_events(self, q: EventQuery, chunk: int = 1000) -> Iterator[AuditEvent]:
         """Every event matching `q` in its order, read page by page (memory stays flat)."""
@@ -465,7 +474,7 @@ class AuditStore:
             else:
                 match = events.c.id.in_(chunk)
             for row in conn.execute(select(events).where(match)):
-                event = _row_to_event(row)
+                event = row_to_event(row)
                 found[event.id] = event
         return found
 
@@ -597,7 +606,7 @@ def _new_to_stored(
     )
 
 
-def _row_to_event(row: Row[Any]) -> AuditEvent:
+def row_to_event(row: Row[Any] | tuple[Any, ...]) -> AuditEvent:
     """The event of a full `events` row. Unpacked by position (`select(events)` gives the
     table's column order, which is EVENT_COLUMNS; a test holds them together): a Row's
     attribute access costs about 1.3 µs a name in SQLAlchemy 2.1, most of a 50-event query."""

@@ -220,5 +220,5 @@ def test_iter_events_reads_everything_in_chunks(store: AuditStore, count: int) -
 
 
 def test_event_columns_are_the_tables_column_order() -> None:
-    """`_row_to_event` unpacks rows by position."""
+    """`row_to_event` unpacks rows by position."""
     assert tuple(column.name for column in events.c) == EVENT_COLUMNS

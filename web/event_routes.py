@@ -19,7 +19,7 @@ from storage.store import Appended, AppendRequest, AuditStore, StorageError, to_
 from web.bodies import parse_json, read_body
 from web.keys import STORE, WRITER, read_in_reader
 from web.problems import Problem
-from web.serialize import dumps, event_json
+from web.serialize import dumps, event_json, stored_event_json
 from web.validation import MAX_BATCH, FieldError, ValidationFailed, parse_event, parse_time
 
 FILTER_NAMES = (
@@ -126,9 +126,9 @@ async def list_events(request: web.Request) -> web.Response:
 def _page_body(store: AuditStore, query: EventQuery) -> bytes:
     """Query and serialise in the worker thread: encoding a page costs more than its SQL,
     and the event loop has requests to parse meanwhile."""
-    page = store.query(query)
-    cursor = encode_cursor(query, page.last_pk) if page.last_pk is not None else None
-    return dumps({"events": [event_json(e) for e in page.events], "next_cursor": cursor})
+    rows, last_pk = store.query_rows(query)
+    cursor = encode_cursor(query, last_pk) if last_pk is not None else None
+    return dumps({"events": [stored_event_json(row) for row in rows], "next_cursor": cursor})
 
 
 @routes.get("/v1/events/{event_id}")
