@@ -34,6 +34,11 @@ from storage.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
+PRUNE_ROWS = 1000
+"""Prune once this many stored rows have gathered in the shadow table…"""
+PRUNE_SECONDS = 1.0
+"""…or this long after the last prune (the fallback poll's wake-ups get there when idle)."""
+
 
 @dataclass
 class CaptureStats:
@@ -66,6 +71,10 @@ class ShadowPoller:
         self._tables: Mapping[str, TableConfig] = {t.table: t for t in source.tables}
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
+        self._more = False
+        """The last read hit its limit: more rows may be waiting right behind it."""
+        self._pruned_up_to = -1
+        self._pruned_at = 0.0
         self.stats = CaptureStats(position=position)
 
     def _connection(self) -> sqlite3.Connection:
@@ -128,31 +137,51 @@ class ShadowPoller:
             # seq. `up_to` is a head read in a committed snapshot, so no statement spans
             # it, and cutting there never splits a REPLACE from its pre-images.
             rows = [row for row in rows if row.seq <= up_to]
-        if len(rows) >= limit or up_to is not None:
+        self._more = len(rows) >= limit
+        if self._more or up_to is not None:
             # More may be waiting: make the next look read even if nobody commits.
             self._data_version = None
         return rows
 
     async def drain(self, up_to: int | None = None) -> int:
-        """Poll until the backlog (or everything up to seq `up_to`) is stored, then prune."""
+        """Poll until the backlog (or everything up to seq `up_to`) is stored.
+
+        Without `up_to` it stops after a batch that did not fill up: that read saw
+        every committed change, and the next commit wakes the poller again. Stored
+        rows are pruned once `PRUNE_ROWS` of them have gathered or `PRUNE_SECONDS`
+        have passed: pruning is a write transaction on the billing database, and
+        doing it after every small drain made each wake-up (and so capture latency)
+        longer and competed with the billing service's own writes.
+        """
         total = 0
         force = up_to is not None
         while True:
             consumed = await self.poll_once(force=force, up_to=up_to)
             total += consumed
-            if consumed == 0 or (up_to is not None and self.stats.position >= up_to):
+            if consumed == 0:
+                break
+            if up_to is None and not self._more:
+                break
+            if up_to is not None and self.stats.position >= up_to:
                 break
             force = True
-        if total:
-            await asyncio.to_thread(self.prune)
-        await asyncio.to_thread(self.refresh_backlog)
+        await asyncio.to_thread(self._tidy)
         return total
+
+    def _tidy(self) -> None:
+        """Prune when due, then count what is left to capture (worker thread)."""
+        unpruned = self.stats.position - self._pruned_up_to
+        if unpruned > 0 and (
+            unpruned >= PRUNE_ROWS or time.monotonic() - self._pruned_at >= PRUNE_SECONDS
+        ):
+            self.prune()
+        self.refresh_backlog()
 
     def prune(self) -> None:
         started = time.monotonic()
-        deleted = shadow.prune(
-            self._connection(), self.stats.position, keep=tuple(self.stats.untranslatable)
-        )
+        position = self.stats.position
+        deleted = shadow.prune(self._connection(), position, keep=tuple(self.stats.untranslatable))
+        self._pruned_up_to, self._pruned_at = position, time.monotonic()
         log.debug(
             "source %s: pruned %d shadow rows in %.1f ms",
             self.source.name,
