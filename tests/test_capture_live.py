@@ -23,6 +23,7 @@ from demo.simulator import create_schema
 from storage.query import EventQuery
 from storage.store import AuditStore
 from storage.writer import GroupCommitWriter
+from tests.capture_support import wait_for
 from tests.daemon import ROOT, free_port, run_cli, running_daemon
 
 DEMO_TABLES = [
@@ -195,3 +196,59 @@ def test_demo_command_simulates_captures_serves_and_stops_cleanly(tmp_path: Path
     simulator_pid = int(log.split("(pid ", 1)[1].split(")", 1)[0])
     # The daemon waits for its simulator, so the process is gone, not a zombie.
     assert not Path(f"/proc/{simulator_pid}").exists()
+
+
+
+def _shadow(database: Path) -> tuple[int, int]:
+    """(rows in the shadow table, its newest seq)."""
+    conn = sqlite3.connect(database)
+    try:
+        count, newest = conn.execute('SELECT count(*), max("seq") FROM _auditor_changes').fetchone()
+        return int(count), int(newest or 0)
+    finally:
+        conn.close()
+
+
+async def test_stored_shadow_rows_are_pruned_in_chunks_and_when_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pruning is a write on the billing database: not after every small drain, but once
+    `PRUNE_ROWS` have gathered or `PRUNE_SECONDS` after the last prune (idle wake-ups
+    of the fallback poll get there)."""
+    monkeypatch.setattr("cdc.poller.PRUNE_ROWS", 60)
+    monkeypatch.setattr("cdc.poller.PRUNE_SECONDS", 3.0)
+    database = tmp_path / "billing.db"
+    create_schema(database)
+    config = load_config(demo_config(tmp_path, free_port(), poll_interval=0.2))
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    service = CaptureService(config, store, writer)
+    await service.start()
+
+    def captured() -> bool:
+        return store.capture_position("billing") == _shadow(database)[1]
+
+    def pruned() -> bool:
+        return _shadow(database)[0] <= 1  # the newest row always stays
+
+    try:
+        simulate(database, 20)
+        await wait_for(captured, "the first changes to be stored")
+        await wait_for(pruned, "the first changes to be pruned")
+        simulate(database, 10, seed=4)
+        await wait_for(captured, "ten more changes to be stored")
+        # Fewer than PRUNE_ROWS, and the last prune was under PRUNE_SECONDS ago: they stay…
+        assert _shadow(database)[0] >= 10
+        # …until PRUNE_SECONDS have passed and a (fallback) wake-up prunes them.
+        await wait_for(pruned, "the idle prune", seconds=10)
+        simulate(database, 70, seed=5)
+        await wait_for(captured, "70 more changes to be stored")
+        await asyncio.sleep(0.3)
+        # PRUNE_ROWS gathered: pruned without waiting PRUNE_SECONDS (at most the rows of
+        # the drain after that prune are left).
+        assert _shadow(database)[0] <= 70 - 60 + 1
+    finally:
+        await service.stop()
+        await writer.stop()
+        store.close()
