@@ -49,8 +49,14 @@ def payload_digest(document: bytes) -> str:
     return hashlib.sha256(document).hexdigest()
 
 
-def canonical_event(event: NewEvent, seq: int, digest: str) -> bytes:
-    """The bytes a leaf hash covers, for `event` stored as number `seq` of its stream."""
+def canonical_event(
+    event: NewEvent, seq: int, digest: str, occurred_at: str | None = None
+) -> bytes:
+    """The bytes a leaf hash covers, for `event` stored as number `seq` of its stream.
+
+    `occurred_at`: the event's time already formatted (`format_time` of it to the
+    millisecond), when the caller has it at hand.
+    """
     return canonical_fields(
         event_id=event.id,
         stream=event.stream,
@@ -63,7 +69,7 @@ def canonical_event(event: NewEvent, seq: int, digest: str) -> bytes:
         actor_id=event.actor.id,
         actor_name=event.actor.name,
         actor_ip=event.actor.ip,
-        occurred_at=format_time(event.occurred_at),
+        occurred_at=occurred_at if occurred_at is not None else format_time(event.occurred_at),
         payload_digest=digest,
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -102,10 +102,13 @@ def format_time(value: datetime) -> str:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @lru_cache(maxsize=4096)
 def second_text(second: int) -> str:
     """`format_time` of a whole second since the epoch, without its milliseconds and Z."""
-    return format_time(datetime.fromtimestamp(second, UTC))[:-4]
+    return format_time(_EPOCH + timedelta(seconds=second))[:-4]
 
 
 def format_ms(ms: int) -> str:

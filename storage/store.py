@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from storage import merkle
-from storage.canonical import canonical_fields, payload_digest, payload_document
+from storage.canonical import canonical_event, payload_digest, payload_document
 from storage.engine import Engines, create_engines
 from storage.events import (
     Actor,
@@ -488,7 +488,10 @@ def _insert_many(
         _copy_many(conn, table, columns, rows)
         return
     mark = "?" if conn.dialect.name == "sqlite" else "%s"
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(mark for _ in columns)})"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(mark for _ in columns)})"
+    )
     conn.exec_driver_sql(sql, [tuple(row) for row in rows])
 
 
@@ -515,24 +518,9 @@ def _copy_many(
 
 
 EVENT_COLUMNS = (
-    "pk",
-    "id",
-    "stream",
-    "seq",
-    "entity",
-    "entity_id",
-    "event_type",
-    "action",
-    "properties",
-    "actor_id",
-    "actor_name",
-    "actor_ip",
-    "occurred_at",
-    "recorded_at",
-    "payload",
-    "payload_digest",
-    "hash",
-    "redacted",
+    "pk", "id", "stream", "seq", "entity", "entity_id", "event_type", "action", "properties",
+    "actor_id", "actor_name", "actor_ip", "occurred_at", "recorded_at", "payload",
+    "payload_digest", "hash", "redacted",
 )
 
 
@@ -545,21 +533,7 @@ def _prepare(new: NewEvent, seq: int, now: datetime, now_ms: int) -> tuple[list[
     occurred_ms = to_ms(occurred_at)
     document = payload_document(new.before, new.after, new.metadata)
     digest = payload_digest(document)
-    canonical = canonical_fields(
-        event_id=new.id,
-        stream=new.stream,
-        seq=seq,
-        entity=new.entity,
-        entity_id=new.entity_id,
-        event_type=new.event_type.value,
-        action=new.action,
-        properties=list(new.properties),
-        actor_id=new.actor.id,
-        actor_name=new.actor.name,
-        actor_ip=new.actor.ip,
-        occurred_at=format_ms(occurred_ms),
-        payload_digest=digest,
-    )
+    canonical = canonical_event(new, seq, digest, format_ms(occurred_ms))
     leaf = merkle.leaf_hash(canonical).hex()
     row = [
         None,
