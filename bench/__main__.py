@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import capture_live, drain, host_writes, http_api
+from bench import capture_live, drain, host_writes, http_api, integrity_cost
 from bench.common import RESULTS, ROOT, Result, machine
 
 BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
@@ -27,9 +27,11 @@ BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
     "post_batch": http_api.post_batch,
     "get_query": http_api.get_and_verify,  # also writes "verify"
     "memory": capture_live.memory,
+    "integrity_cost": integrity_cost.run,
 }
 ORDER = ["host_writes", "host_writes_daemon", "drain_sqlite", "drain_pg", "capture_latency",
-         "end_to_end", "post_single", "post_batch", "get_query", "verify", "memory"]
+         "end_to_end", "post_single", "post_batch", "get_query", "verify", "memory",
+         "integrity_cost"]
 
 
 def main(argv: list[str] | None = None) -> int:
