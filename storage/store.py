@@ -608,23 +608,8 @@ def row_to_event(row: Sequence[Any]) -> AuditEvent:
     table's column order, which is EVENT_COLUMNS; a test holds them together): a Row's
     attribute access costs about 1.3 µs a name in SQLAlchemy 2.1, most of a 50-event query."""
     (
-        _pk,
-        event_id,
-        stream,
-        seq,
-        entity,
-        entity_id,
-        event_type,
-        action,
-        properties,
-        actor_id,
-        actor_name,
-        actor_ip,
-        occurred_at,
-        recorded_at,
-        document,
-        _digest,
-        leaf,
+        _pk, event_id, stream, seq, entity, entity_id, event_type, action, properties,
+        actor_id, actor_name, actor_ip, occurred_at, recorded_at, document, _digest, leaf,
         redacted,
     ) = row
     payload = orjson.loads(document) if document is not None else None

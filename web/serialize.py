@@ -63,7 +63,7 @@ def stored_event_json(row: tuple[Any, ...]) -> dict[str, Any]:
         _pk, event_id, stream, seq, entity, entity_id, event_type, action, properties,
         actor_id, actor_name, actor_ip, occurred_at, recorded_at, document, _digest, leaf,
         redacted,
-    ) = row  # fmt: skip
+    ) = row
     payload = orjson.loads(document) if document is not None else None
     body: dict[str, Any] = {
         "id": event_id,
