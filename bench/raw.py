@@ -2,9 +2,10 @@
 
 The same tables and indexes as Auditor's store (created by `AuditStore.open`,
 so by Auditor's own migrations), the same durability (SQLite WAL with
-synchronous=FULL), the same transaction sizes; but no translation, no
-canonical encoding, no hashing, no Merkle tree and no SQLAlchemy: rows built
-from pre-made strings and handed to `executemany`.
+synchronous=FULL), the same transaction sizes, and for the capture drain the
+same index keys (entity, entity id, event type, actor, read from the shadow
+rows); but no translation, no canonical encoding, no hashing, no Merkle tree
+and no SQLAlchemy: rows built from pre-made strings and handed to `executemany`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,24 @@ def create_store(url: str) -> None:
     AuditStore.open(url).close()
 
 
+Key = tuple[str, str | None, str, str]
+"""(entity, entity_id, event_type, actor_id) of one event."""
+
+
 def event_rows(first_pk: int, first_seq: int, payloads: Sequence[str], actor: str = "7",
-               stream: str = "billing") -> list[tuple[Any, ...]]:
+               stream: str = "billing", keys: Sequence[Key] | None = None
+               ) -> list[tuple[Any, ...]]:
+    """Event rows in EVENT_COLUMNS order. Without `keys`: one entity, sequential entity
+    ids and one actor, so every index insert is an append (the most favourable case);
+    with `keys`: the index keys of the real events (a capture drain passes them)."""
+    if keys is None:
+        keys = [("charge", str(first_seq + i), "CREATE", actor) for i in range(len(payloads))]
     return [
-        (first_pk + i, str(uuid_utils.uuid7()), stream, first_seq + i, "charge", str(first_seq + i),
-         "CREATE", "charge.created", '["amount_cents"]', actor, None, None,
+        (first_pk + i, str(uuid_utils.uuid7()), stream, first_seq + i, entity, entity_id,
+         event_type, f"{entity}.changed", '["amount_cents"]', actor_id, None, None,
          1_796_000_000_000, 1_796_000_000_000, payload, _FAKE_HASH, _FAKE_HASH, False)
-        for i, payload in enumerate(payloads)
+        for i, (payload, (entity, entity_id, event_type, actor_id)) in enumerate(
+            zip(payloads, keys, strict=True))
     ]
 
 
@@ -45,8 +57,9 @@ class RawSqlite:
         self.seq = 0
 
     def write(self, payloads: Sequence[str], position: int | None = None,
-              properties: Sequence[int] | None = None) -> None:
-        rows = event_rows(self.pk + 1, self.seq + 1, payloads)
+              properties: Sequence[int] | None = None, keys: Sequence[Key] | None = None
+              ) -> None:
+        rows = event_rows(self.pk + 1, self.seq + 1, payloads, keys=keys)
         self.conn.execute("BEGIN IMMEDIATE")
         _write(self.conn.cursor(), self.mark, rows, position, self.seq + len(rows), properties)
         self.conn.execute("COMMIT")
@@ -68,8 +81,9 @@ class RawPg:
         self.seq = 0
 
     def write(self, payloads: Sequence[str], position: int | None = None,
-              properties: Sequence[int] | None = None) -> None:
-        rows = event_rows(self.pk + 1, self.seq + 1, payloads)
+              properties: Sequence[int] | None = None, keys: Sequence[Key] | None = None
+              ) -> None:
+        rows = event_rows(self.pk + 1, self.seq + 1, payloads, keys=keys)
         with self.conn.cursor() as cur:
             _write(cur, self.mark, rows, position, self.seq + len(rows), properties)
         self.conn.commit()
