@@ -546,7 +546,6 @@ def _query_sql(q: EventQuery, mark: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-
 def _prepare(new: NewEvent, seq: int, now: datetime, now_ms: int) -> tuple[list[Any], AuditEvent]:
     """The row to insert for `new` as number `seq` (in `EVENT_COLUMNS` order, pk still
     to fill in), and the event it stores."""
