@@ -297,18 +297,18 @@ async def test_a_redacted_row_is_never_recorded_again(tmp_path: Path) -> None:
 
 
 def test_compared_columns() -> None:
-    skipped = frozenset({"updated_at", "card"})
+    ignored = frozenset({"updated_at", "card"})
     known = {"id": 1, "name": "a", "card": "***", "updated_at": "t"}
     assert changed_columns(
-        {"id": 1, "name": "b", "card": "***", "updated_at": "u"}, known, None, skipped
+        {"id": 1, "name": "b", "card": "***", "updated_at": "u"}, known, None, ignored
     ) == ["name"]
     # An added column is compared with its default; a renamed one is not compared.
     grown = {**known, "plan": "free", "fax": None}
     defaults = {"plan": "free", "fax": None, "id": None, "name": None}
-    assert changed_columns(grown, known, defaults, skipped) == []
-    assert changed_columns({**grown, "fax": "1"}, known, defaults, skipped) == ["fax"]
+    assert changed_columns(grown, known, defaults, ignored) == []
+    assert changed_columns({**grown, "fax": "1"}, known, defaults, ignored) == ["fax"]
     renamed = {"id": 1, "full_name": "zzz", "card": "***", "updated_at": "t"}
-    assert changed_columns(renamed, known, {"full_name": None}, skipped) == []
+    assert changed_columns(renamed, known, {"full_name": None}, ignored) == []
 
 
 async def test_drain_up_to_a_head_never_stores_a_change_after_it(tmp_path: Path) -> None:
