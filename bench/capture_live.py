@@ -83,6 +83,20 @@ def _head(daemon: Daemon, billing: Path) -> tuple[int, int]:
     return stored, int(backlog)
 
 
+def _backlog_while_writing(daemon: Daemon, billing: Path, seconds: float, *,
+                           rate: float = 0) -> list[int]:
+    """Run the billing writer (100-row transactions, at `rate` or flat out) and sample
+    the capture backlog once a second until it ends."""
+    writer = _writer(billing, seconds, rate=rate, tx=100)
+    samples = []
+    started = time.monotonic()
+    while writer.poll() is None and time.monotonic() - started < seconds + 30:
+        time.sleep(1)
+        samples.append(_head(daemon, billing)[1])
+    writer.communicate(timeout=60)
+    return samples
+
+
 def latency(quick: bool) -> Result:
     seconds = 10 if quick else 60
     result = Result("capture_latency", "Capture latency at 500 changes/s")
@@ -168,13 +182,8 @@ def end_to_end(quick: bool) -> Result:
             daemon = Daemon(config, port)
             try:
                 start_seq, _ = _head(daemon, billing)
-                writer = _writer(billing, seconds, tx=100)
-                samples = []
                 t0 = time.monotonic()
-                while writer.poll() is None and time.monotonic() - t0 < seconds + 30:
-                    time.sleep(1)
-                    samples.append(_head(daemon, billing)[1])
-                writer.communicate(timeout=60)
+                samples = _backlog_while_writing(daemon, billing, seconds)
                 end_seq, backlog = _head(daemon, billing)
                 elapsed = time.monotonic() - t0
                 backlogs.append(samples)
@@ -199,13 +208,7 @@ def end_to_end(quick: bool) -> Result:
             billing, config, port = _setup(directory, f"r{next(counter)}")
             daemon = Daemon(config, port)
             try:
-                writer = _writer(billing, seconds, rate=rate, tx=100)
-                samples = []
-                t0 = time.monotonic()
-                while writer.poll() is None and time.monotonic() - t0 < seconds + 30:
-                    time.sleep(1)
-                    samples.append(_head(daemon, billing)[1])
-                writer.communicate(timeout=60)
+                samples = _backlog_while_writing(daemon, billing, seconds, rate=rate)
             finally:
                 daemon.stop()
             half = len(samples) // 2

@@ -77,10 +77,11 @@ def settle_collector() -> None:
     92 ms -> 1.9 ms (full collections walking the startup objects were the 92 ms).
     A capture batch or a group commit allocates some 20 container objects an
     event, so the default young-generation threshold (700) ran a collection
-    every ~35 events: with `GC_THRESHOLDS` a 60,000-change drain went from
-    15,800 to 21,700 changes/s (the same as with the collector off). Few cycles
-    are made (that drain, run with the collector off, left 4,148 objects for
-    one final collection); the collector still runs, only less often.
+    every ~35 events: with `GC_THRESHOLDS` the 60,000-change drain benchmark went
+    from 11,605 to 20,470 changes/s (BENCHMARKS.md, change 9; the same as with
+    the collector off). Few cycles are made (a drain run with the collector off
+    left 4,148 objects for one final collection); the collector still runs,
+    only less often.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -51,6 +51,24 @@ def create_engines(url: str) -> Engines:
         engine = create_engine(parsed, pool_size=8, max_overflow=8, pool_pre_ping=True)
         return Engines(write=engine, read=engine)
     raise ValueError(f"unsupported store URL scheme {parsed.drivername!r}")
+
+
+def driver_rows(conn: Connection, sql: str, params: Any) -> list[Any]:
+    """Run `sql` on the driver connection under `conn` (inside its transaction, so in
+    the same snapshot) and return the driver's plain tuples.
+
+    For the hot read paths (a page of events, verify's pages): SQLAlchemy's
+    statement handling and `Row` objects cost more there than the SQL itself.
+    `sql` uses the driver's parameter marks (`?` for sqlite3, `%s` for psycopg).
+    """
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def _sqlite_engine(url: str, *, begin: str) -> Engine:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from storage import merkle
 from storage.canonical import canonical_event, payload_digest, payload_document
-from storage.engine import Engines, create_engines
+from storage.engine import Engines, create_engines, driver_rows
 from storage.events import (
     Actor,
     AuditEvent,
@@ -398,14 +398,7 @@ class AuditStore:
         """
         sql, params = _query_sql(q, "?" if self.dialect == "sqlite" else "%s")
         with self._read() as conn:
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            cursor = driver.cursor()
-            try:
-                cursor.execute(sql, params)
-                rows = [tuple(row) for row in cursor.fetchall()]
-            finally:
-                cursor.close()
+            rows: list[tuple[Any, ...]] = driver_rows(conn, sql, params)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         return rows, (int(rows[-1][0]) if more and rows else None)
