@@ -207,21 +207,23 @@ class AuditStore:
         }
         first_seq = dict(next_seq)
         leaves: dict[str, list[bytes]] = {stream: [] for stream in counts}
-        rows: list[list[Any]] = []
         prepared: list[AuditEvent] = []
-        for _, _, new in fresh:
-            seq = next_seq[new.stream]
-            next_seq[new.stream] = seq + 1
-            row, event = _prepare(new, seq, now, now_ms)
-            rows.append(row)
-            prepared.append(event)
-            leaves[new.stream].append(bytes.fromhex(event.hash))
 
-        if rows:
-            pks = self._reserve_pks(conn, len(rows))
-            for pk, row in zip(pks, rows, strict=True):
+        def event_rows(pks: list[int]) -> Iterator[list[Any]]:
+            # A generator, so that on PostgreSQL the rows already sent are indexed by
+            # the server (its own process) while the next ones are prepared here.
+            for pk, (_, _, new) in zip(pks, fresh, strict=True):
+                seq = next_seq[new.stream]
+                next_seq[new.stream] = seq + 1
+                row, event = _prepare(new, seq, now, now_ms)
                 row[0] = pk
-            _insert_many(conn, "events", EVENT_COLUMNS, rows)
+                prepared.append(event)
+                leaves[new.stream].append(bytes.fromhex(event.hash))
+                yield row
+
+        if fresh:
+            pks = self._reserve_pks(conn, len(fresh))
+            _insert_many(conn, "events", EVENT_COLUMNS, event_rows(pks))
             for pk, (ri, ei, _), event in zip(pks, fresh, prepared, strict=True):
                 results[ri][ei] = Appended(event, created=True, position=pk)
             property_rows = [
@@ -286,11 +288,15 @@ class AuditStore:
         when other daemons append at the same time).
         """
         if conn.dialect.name == "postgresql":
-            drawn = conn.exec_driver_sql(
-                "SELECT nextval(pg_get_serial_sequence('events', 'pk')) "
-                f"FROM generate_series(1, {int(count)})"
-            ).scalars()
-            return sorted(int(value) for value in drawn)
+            # One row holding an array: 1,000 rows through SQLAlchemy's result cost
+            # 6.5 ms of a 1,000-event append here, the array a few hundred µs.
+            [(drawn,)] = driver_rows(
+                conn,
+                "SELECT array_agg(nextval(pg_get_serial_sequence('events', 'pk'))) "
+                "FROM generate_series(1, %s)",
+                (count,),
+            )
+            return sorted(drawn)
         top = int(conn.execute(select(func.coalesce(func.max(events.c.pk), 0))).scalar_one())
         return list(range(top + 1, top + 1 + count))
 
@@ -451,7 +457,7 @@ class AuditStore:
 
 
 def _insert_many(
-    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
     """A plain DB-API executemany: the hot path of every append, where SQLAlchemy's
     per-row parameter processing cost more than the inserts themselves."""
@@ -467,7 +473,7 @@ def _insert_many(
 
 
 def _copy_many(
-    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
     """PostgreSQL: `COPY … FROM STDIN` in the connection's open transaction.
 
