@@ -8,13 +8,16 @@ blocks the writer under WAL. PostgreSQL uses one pooled engine for both.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -55,20 +58,43 @@ def create_engines(url: str) -> Engines:
 
 def driver_rows(conn: Connection, sql: str, params: Any) -> list[Any]:
     """Run `sql` on the driver connection under `conn` (inside its transaction, so in
-    the same snapshot) and return the driver's plain tuples.
+    the same snapshot) and return the driver's plain tuples ([] for a statement
+    without results).
 
-    For the hot read paths (a page of events, verify's pages): SQLAlchemy's
-    statement handling and `Row` objects cost more there than the SQL itself.
-    `sql` uses the driver's parameter marks (`?` for sqlite3, `%s` for psycopg).
+    For the hot paths (a page of events, verify's pages, the small statements of
+    every append): SQLAlchemy's statement handling and `Row` objects cost more there
+    than the SQL itself. `sql` uses the driver's parameter marks (`?` for sqlite3,
+    `%s` for psycopg: `param_mark`). A driver error is raised as SQLAlchemy would
+    have raised it (`DBAPIError`), without the parameters in its message.
     """
+    with _driver_cursor(conn, sql) as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+
+
+def driver_many(conn: Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    """`driver_rows` for one statement run once per row of `rows` (DB-API executemany)."""
+    with _driver_cursor(conn, sql) as cursor:
+        cursor.executemany(sql, rows)
+
+
+@contextlib.contextmanager
+def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
     driver = conn.connection.driver_connection
     assert driver is not None
+    dbapi = conn.dialect.loaded_dbapi
     cursor = driver.cursor()
     try:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
+        yield cursor
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
     finally:
         cursor.close()
+
+
+def param_mark(conn: Connection) -> str:
+    """The driver's parameter mark for `driver_rows`."""
+    return "?" if conn.dialect.name == "sqlite" else "%s"
 
 
 def _sqlite_engine(url: str, *, begin: str) -> Engine:

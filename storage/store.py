@@ -25,14 +25,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, String, any_, bindparam, func, select, update
+from sqlalchemy import Connection, String, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from storage import merkle
 from storage.canonical import canonical_event, payload_digest, payload_document
-from storage.engine import Engines, create_engines, driver_rows
+from storage.engine import Engines, create_engines, driver_many, driver_rows, param_mark
 from storage.events import (
     Actor,
     AuditEvent,
@@ -274,7 +274,10 @@ class AuditStore:
             _insert_many(conn, "merkle_nodes", ("stream", "level", "idx", "hash"), node_rows)
         head = size + len(leaves)
         root = merkle.root(head, get_node)
-        conn.execute(update(streams).where(streams.c.name == stream).values(head_hash=root.hex()))
+        mark = param_mark(conn)
+        driver_rows(
+            conn, f"UPDATE streams SET head_hash = {mark} WHERE name = {mark}", (root.hex(), stream)
+        )
         return {key: get_node(*key) for key in merkle.root_nodes(head)}
 
     def _reserve_pks(self, conn: Connection, count: int) -> list[int]:
@@ -297,19 +300,22 @@ class AuditStore:
                 (count,),
             )
             return sorted(drawn)
-        top = int(conn.execute(select(func.coalesce(func.max(events.c.pk), 0))).scalar_one())
+        [(top,)] = driver_rows(conn, "SELECT coalesce(max(pk), 0) FROM events", ())
         return list(range(top + 1, top + 1 + count))
 
     def _advance_head(self, conn: Connection, stream: str, count: int, now_ms: int) -> int:
-        """Reserve `count` seqs of `stream`; the row lock keeps concurrent appenders in line."""
+        """Reserve `count` seqs of `stream`; the row lock keeps concurrent appenders in line.
+
+        This and the other small statements of every append (its pks, its root) run
+        on the driver: through SQLAlchemy they cost 150-260 µs each, a third of the
+        work of a 16-event group commit."""
+        mark = param_mark(conn)
         advance = (
-            update(streams)
-            .where(streams.c.name == stream)
-            .values(head_seq=streams.c.head_seq + count, updated_at=now_ms)
-            .returning(streams.c.head_seq)
+            f"UPDATE streams SET head_seq = head_seq + {mark}, updated_at = {mark} "
+            f"WHERE name = {mark} RETURNING head_seq"
         )
-        head = conn.execute(advance).scalar_one_or_none()
-        if head is None:
+        head = driver_rows(conn, advance, (count, now_ms, stream))
+        if not head:
             # A new stream (rare): create its row, racing other appenders safely.
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             conn.execute(
@@ -317,8 +323,8 @@ class AuditStore:
                 .values(name=stream, head_seq=0, head_hash=None, updated_at=now_ms)
                 .on_conflict_do_nothing(index_elements=["name"])
             )
-            head = conn.execute(advance).scalar_one()
-        return int(head)
+            head = driver_rows(conn, advance, (count, now_ms, stream))
+        return int(head[0][0])
 
     def _read_node(self, conn: Connection, stream: str, level: int, index: int) -> bytes:
         if level == 0:
@@ -464,12 +470,12 @@ def _insert_many(
     if conn.dialect.name == "postgresql":
         _copy_many(conn, table, columns, rows)
         return
-    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    mark = param_mark(conn)
     sql = (
         f"INSERT INTO {table} ({', '.join(columns)}) "
         f"VALUES ({', '.join(mark for _ in columns)})"
     )
-    conn.exec_driver_sql(sql, [tuple(row) for row in rows])
+    driver_many(conn, sql, rows)
 
 
 def _copy_many(
