@@ -80,41 +80,14 @@ def auditor_drain(billing: Path, config_path: Path, url: str, batch: int = 1000)
         store.close()
 
 
-_EVENT_TYPES = {"I": "CREATE", "U": "UPDATE", "D": "DELETE"}
-
-
 def raw_drain(billing: Path, writer: raw.RawSqlite | raw.RawPg, batch: int = 1000) -> float:
     conn = sqlite3.connect(billing, isolation_level=None)
     started = time.perf_counter()
     position = 0
-    while True:
-        conn.execute("BEGIN")
-        rows = conn.execute(
-            'SELECT "seq", "old", "new", "op", "tbl", "pk", "actor_id" FROM "_auditor_changes"'
-            ' WHERE "seq" > ? ORDER BY "seq" LIMIT ?', (position, batch)).fetchall()
-        conn.execute("COMMIT")
-        if not rows:
-            break
-        writer.write(
-            [f'{{"before":{o or "null"},"after":{n or "null"},"metadata":{{}}}}'
-             for _, o, n, *_ in rows],
-            rows[-1][0],
-            # As many property rows as Auditor stores: every column of an inserted or
-            # deleted charge (7), the one changed column of the backlog's updates.
-            [1 if op == "U" else 7 for _, _, _, op, *_ in rows],
-            # The index keys of the real events (entity, its id, type, actor), read as
-            # the triggers wrote them: the same index work as Auditor's, no parsing.
-            [(table, key, _EVENT_TYPES.get(op, op), str(actor) if actor is not None
-              else "system") for _, _, _, op, table, key, actor in rows],
-        )
+    while rows := raw.read_shadow(conn, position, batch):
+        raw.store_shadow(writer, rows)
         position = rows[-1][0]
-    low = 0
-    while low < position - 1:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute('DELETE FROM "_auditor_changes" WHERE "seq" > ? AND "seq" <= ?',
-                     (low, min(position - 1, low + 5000)))
-        conn.execute("COMMIT")
-        low += 5000
+    raw.prune_shadow(conn, 0, position - 1)
     elapsed = time.perf_counter() - started
     conn.close()
     writer.close()

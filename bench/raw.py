@@ -47,6 +47,48 @@ def event_rows(first_pk: int, first_seq: int, payloads: Sequence[str], actor: st
     ]
 
 
+_EVENT_TYPES = {"I": "CREATE", "U": "UPDATE", "D": "DELETE"}
+_READ_SHADOW = (
+    'SELECT "seq", "old", "new", "op", "tbl", "pk", "actor_id" FROM "_auditor_changes"'
+    ' WHERE "seq" > ? ORDER BY "seq" LIMIT ?'
+)
+
+
+def read_shadow(conn: sqlite3.Connection, position: int, batch: int) -> list[tuple[Any, ...]]:
+    """Up to `batch` shadow rows after `position`, in one read transaction."""
+    conn.execute("BEGIN")
+    try:
+        return conn.execute(_READ_SHADOW, (position, batch)).fetchall()
+    finally:
+        conn.execute("COMMIT")
+
+
+def store_shadow(writer: RawSqlite | RawPg, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write the rows a capture of `rows` stores, with their position."""
+    writer.write(
+        [f'{{"before":{o or "null"},"after":{n or "null"},"metadata":{{}}}}'
+         for _, o, n, *_ in rows],
+        rows[-1][0],
+        # As many property rows as Auditor stores: every column of an inserted or
+        # deleted charge (7), the one changed column of the backlog's updates.
+        [1 if op == "U" else 7 for _, _, _, op, *_ in rows],
+        # The index keys of the real events (entity, its id, type, actor), read as
+        # the triggers wrote them: the same index work as Auditor's, no parsing.
+        [(table, key, _EVENT_TYPES.get(op, op), str(actor) if actor is not None
+          else "system") for _, _, _, op, table, key, actor in rows],
+    )
+
+
+def prune_shadow(conn: sqlite3.Connection, low: int, high: int) -> None:
+    """Delete shadow rows with low < seq <= high, in transactions of 5,000 seqs."""
+    while low < high:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute('DELETE FROM "_auditor_changes" WHERE "seq" > ? AND "seq" <= ?',
+                     (low, min(high, low + 5000)))
+        conn.execute("COMMIT")
+        low += 5000
+
+
 class RawSqlite:
     def __init__(self, path: str) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None)
