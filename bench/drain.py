@@ -168,6 +168,7 @@ def profile(quick: bool) -> str:
     from cdc import shadow
     from cdc.installer import connect
     from cdc.translate import translate
+    from commands.serve import settle_collector
     from config import load_config
     from storage.store import AppendRequest, AuditStore, CapturePosition
 
@@ -178,6 +179,7 @@ def profile(quick: bool) -> str:
         tables = {t.table: t for t in source.tables}
         store = AuditStore.open(f"sqlite:///{directory / 'audit.db'}")
         conn = connect(backlog)
+        settle_collector()  # as the daemon does
         profiler = Profiler(interval=0.0005)
         profiler.start()
         position = 0

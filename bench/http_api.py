@@ -363,6 +363,7 @@ def profile_ingest(quick: bool) -> str:
     from pyinstrument import Profiler
 
     from bench.drain import summarize
+    from commands.serve import settle_collector
     from storage.store import AppendRequest, AuditStore
     from web.event_routes import _parse_posted
 
@@ -371,6 +372,7 @@ def profile_ingest(quick: bool) -> str:
     n = 20_000 if quick else 100_000
     with workdir("profing") as directory:
         store = AuditStore.open(f"sqlite:///{directory / 'audit.db'}")
+        settle_collector()  # as the daemon does
         profiler = Profiler(interval=0.0005)
         profiler.start()
         for _ in range(n // 64):
