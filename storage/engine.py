@@ -67,19 +67,22 @@ def driver_rows(conn: Connection, sql: str, params: Any) -> list[Any]:
     `%s` for psycopg: `param_mark`). A driver error is raised as SQLAlchemy would
     have raised it (`DBAPIError`), without the parameters in its message.
     """
-    with _driver_cursor(conn, sql) as cursor:
+    with driver_cursor(conn, sql) as cursor:
         cursor.execute(sql, params)
         return list(cursor.fetchall()) if cursor.description is not None else []
 
 
 def driver_many(conn: Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
     """`driver_rows` for one statement run once per row of `rows` (DB-API executemany)."""
-    with _driver_cursor(conn, sql) as cursor:
+    with driver_cursor(conn, sql) as cursor:
         cursor.executemany(sql, rows)
 
 
 @contextlib.contextmanager
-def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
+def driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
+    """A cursor of the driver connection under `conn`; a driver error inside the block
+    is raised as SQLAlchemy would have raised it (`DBAPIError`, which callers catch as
+    `SQLAlchemyError`), without parameters in its message. `sql` names the statement."""
     driver = conn.connection.driver_connection
     assert driver is not None
     dbapi = conn.dialect.loaded_dbapi

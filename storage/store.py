@@ -28,11 +28,18 @@ import orjson
 from sqlalchemy import Connection, String, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage import merkle
 from storage.canonical import canonical_event, payload_digest, payload_document
-from storage.engine import Engines, create_engines, driver_many, driver_rows, param_mark
+from storage.engine import (
+    Engines,
+    create_engines,
+    driver_cursor,
+    driver_many,
+    driver_rows,
+    param_mark,
+)
 from storage.events import (
     Actor,
     AuditEvent,
@@ -489,15 +496,9 @@ def _copy_many(
     streams the rows through psycopg's C encoder as one statement.
     """
     sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    dbapi = conn.dialect.loaded_dbapi
-    driver: Any = conn.connection.driver_connection
-    try:
-        with driver.cursor() as cursor, cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(row)
-    except dbapi.Error as exc:
-        # What SQLAlchemy would have raised for the same failure: callers catch SQLAlchemyError.
-        raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
+    with driver_cursor(conn, sql) as cursor, cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 EVENT_COLUMNS = (
