@@ -20,6 +20,18 @@ Order = Literal["asc", "desc"]
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 
+_ONE_INDEX = (
+    (),
+    ("actor",),
+    ("entity",),
+    ("entity", "entity_id"),
+    ("event_type",),
+    ("action",),
+    ("stream",),
+)
+"""The filter sets an index of `storage.schema` answers in `pk` order on its own: the
+index's key ends in `pk`, so a page is one range of it, read in order."""
+
 
 class CursorError(ValueError):
     """The cursor is not one this server issued for this query."""
@@ -39,6 +51,24 @@ class EventQuery:
     order: Order = "desc"
     limit: int = DEFAULT_LIMIT
     after_pk: int | None = None
+
+    def one_index_range(self) -> bool:
+        """Whether a page of this query is one range of one index, read in its order:
+        at most `limit + 1` index entries, whatever the size of the store (no scan
+        that skips non-matching rows, no sort)."""
+        if self.property is not None or self.since_ms is not None or self.until_ms is not None:
+            return False
+        if len(self.event_types) > 1:
+            return False
+        given = (
+            ("actor", self.actor),
+            ("entity", self.entity),
+            ("entity_id", self.entity_id),
+            ("event_type", self.event_types[0] if self.event_types else None),
+            ("action", self.action),
+            ("stream", self.stream),
+        )
+        return tuple(name for name, value in given if value is not None) in _ONE_INDEX
 
     def filters_digest(self) -> str:
         """What a cursor is bound to: every filter and the order, not the position or limit."""

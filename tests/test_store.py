@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -13,7 +14,7 @@ from sqlalchemy import create_engine, text
 from storage import merkle
 from storage.events import Actor, EventType, NewEvent, new_event_id, utc_now
 from storage.migrate import upgrade
-from storage.query import EventQuery
+from storage.query import EventQuery, Order
 from storage.schema import events, metadata
 from storage.store import (
     EVENT_COLUMNS,
@@ -21,6 +22,7 @@ from storage.store import (
     AuditStore,
     CapturePosition,
     StorageError,
+    _query_sql,
     to_ms,
 )
 
@@ -222,3 +224,51 @@ def test_iter_events_reads_everything_in_chunks(store: AuditStore, count: int) -
 def test_event_columns_are_the_tables_column_order() -> None:
     """`row_to_event` unpacks rows by position."""
     assert tuple(column.name for column in events.c) == EVENT_COLUMNS
+
+
+QUICK_SHAPES = {
+    # filters → the index whose range is the page (None: the table itself, in pk order)
+    (): None,
+    (("actor", "user1"),): "ix_events_actor",
+    (("entity", "customer"),): "ix_events_entity_only",
+    (("entity", "customer"), ("entity_id", "3")): "ix_events_entity",
+    (("event_types", ("UPDATE",)),): "ix_events_event_type",
+    (("action", "customer.updated"),): "ix_events_action",
+    (("stream", "api"),): "ix_events_stream",
+}
+SLOW_SHAPES: list[dict[str, Any]] = [
+    {"entity_id": "3"},
+    {"actor": "user1", "entity": "customer"},
+    {"property": "name"},
+    {"since_ms": 0},
+    {"until_ms": 2**40},
+    {"event_types": ("CREATE", "UPDATE")},
+    {"actor": "user1", "limit": 101},
+]
+
+
+def test_quick_queries_are_one_index_range_read_in_order(store: AuditStore) -> None:
+    """What `query_is_quick` lets the API run on its event loop reads one range of one
+    index in `pk` order: SQLite's own plan shows the index and no sort. Anything
+    else, and every PostgreSQL query, goes to the reader thread."""
+    store.append([AppendRequest([make_event(n) for n in range(30)])])
+    pages: list[tuple[Order, int | None]] = [("desc", None), ("asc", None), ("desc", 9), ("asc", 5)]
+    for shape, index in QUICK_SHAPES.items():
+        for order, after_pk in pages:
+            filters: dict[str, Any] = dict(shape)
+            query = EventQuery(order=order, after_pk=after_pk, limit=100, **filters)
+            assert query.one_index_range(), shape
+            assert store.query_is_quick(query) is (store.dialect == "sqlite")
+            if store.dialect != "sqlite":
+                continue
+            sql, params = _query_sql(query, "?")
+            with store.engines.read.connect() as conn:
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, tuple(params))
+                plan = " | ".join(str(row[3]) for row in rows)
+            assert "TEMP B-TREE" not in plan, (shape, plan)
+            if index is None:
+                assert "USING INDEX" not in plan and "USING COVERING INDEX" not in plan, plan
+            else:
+                assert f"USING INDEX {index} " in plan, (shape, plan)
+    for slow in SLOW_SHAPES:
+        assert not store.query_is_quick(EventQuery(**slow)), slow

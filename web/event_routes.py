@@ -119,13 +119,21 @@ def parse_query(params: Any, *, allowed: frozenset[str] = QUERY_PARAMS) -> Event
 @routes.get("/v1/events")
 async def list_events(request: web.Request) -> web.Response:
     query = parse_query(request.query)
-    body = await read_in_reader(request, _page_body, request.app[STORE], query)
+    store = request.app[STORE]
+    if store.query_is_quick(query):
+        # Bounded work (one index range, at most 100 events, no network): handing it to
+        # the reader thread cost more than doing it here. wrk, 64 connections, 100,000
+        # events, three alternating rounds: 815-916 req/s through the reader thread,
+        # 1,323-1,484 here (p99 93-100 → 59-70 ms; one connection unchanged).
+        body = _page_body(store, query)
+    else:
+        body = await read_in_reader(request, _page_body, store, query)
     return web.Response(body=body, content_type="application/json")
 
 
 def _page_body(store: AuditStore, query: EventQuery) -> bytes:
-    """Query and serialise in the worker thread: encoding a page costs more than its SQL,
-    and the event loop has requests to parse meanwhile."""
+    """Query and serialise a page. Off the event loop unless the query is quick:
+    encoding a page costs more than its SQL, and the loop has requests to parse."""
     rows, last_pk = store.query_rows(query)
     cursor = encode_cursor(query, last_pk) if last_pk is not None else None
     return dumps({"events": [stored_event_json(row) for row in rows], "next_cursor": cursor})
