@@ -56,7 +56,8 @@ from storage.schema import capture_positions, events, merkle_nodes, streams
 log = logging.getLogger(__name__)
 
 QUICK_LIMIT = 100
-"""The largest page `AuditStore.query_is_quick` allows (about 0.5 ms of work here)."""
+"""The largest page `AuditStore.query_is_quick` allows (a 50-event page, query and
+JSON, took about 0.35 ms here in session 4; 100 events stay under a millisecond)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -301,8 +302,8 @@ class AuditStore:
         when other daemons append at the same time).
         """
         if conn.dialect.name == "postgresql":
-            # One row holding an array: 1,000 rows through SQLAlchemy's result cost
-            # 6.5 ms of a 1,000-event append here, the array a few hundred µs.
+            # One row holding an array: reserving 1,000 pks took 6.5 ms as 1,000 rows
+            # through SQLAlchemy's result, 3.3 ms this way (30 appends to PostgreSQL).
             [(drawn,)] = driver_rows(
                 conn,
                 "SELECT array_agg(nextval(pg_get_serial_sequence('events', 'pk'))) "
@@ -418,8 +419,8 @@ class AuditStore:
         connection inside the read transaction: SQLAlchemy's statement building and
         execution took 170 of the 280 µs a 50-event page query cost.
         """
-        sql, params = _query_sql(q, "?" if self.dialect == "sqlite" else "%s")
         with self._read() as conn:
+            sql, params = _query_sql(q, param_mark(conn))
             rows: list[tuple[Any, ...]] = driver_rows(conn, sql, params)
         more = len(rows) > q.limit
         rows = rows[: q.limit]

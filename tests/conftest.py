@@ -4,7 +4,8 @@ real aiohttp server on loopback.
 PostgreSQL: `AUDITOR_TEST_PG` (default `postgresql://postgres@127.0.0.1:5432/test`).
 A fresh database is created for the test session and dropped after it; each
 test gets its own schema in it. Without a reachable server the PostgreSQL
-tests skip with a message, except under `CI=true`, where they fail.
+tests are not run, with a message saying why, except under `CI=true`, where
+they fail.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def pg_database() -> Iterator[str]:
         message = f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.__class__.__name__})"
         if IN_CI:
             pytest.fail(f"{message}; in CI the PostgreSQL tests must run", pytrace=False)
-        # The developers' guide asks that on a user's machine without PostgreSQL these
-        # tests skip with a clear message; CI (above) fails instead of skipping.
         reason = f"{message}; set AUDITOR_TEST_PG to run the PostgreSQL tests"
-        pytest.skip(reason)  # justified: no PostgreSQL outside CI, see the comment above
+        # Justified skip: the developers' guide asks that on a user's machine without
+        # PostgreSQL these tests skip with a clear message; CI (above) fails instead.
+        pytest.skip(reason)  # justified: no PostgreSQL outside CI (see the comment above)
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
