@@ -111,10 +111,15 @@ def second_text(second: int) -> str:
     return format_time(_EPOCH + timedelta(seconds=second))[:-4]
 
 
+_MS_SUFFIX = tuple(f"{ms:03d}Z" for ms in range(1000))
+
+
 def format_ms(ms: int) -> str:
     """`format_time` of milliseconds since the epoch, several times faster for
-    times in the same second (a batch of events usually is)."""
-    return f"{second_text(ms // 1000)}{ms % 1000:03d}Z"
+    times in the same second (a batch of events usually is). The millisecond's
+    text comes from a table: formatting it was 0.5 of the 0.8 µs a call took,
+    twice for every event of a `GET /v1/events` page."""
+    return second_text(ms // 1000) + _MS_SUFFIX[ms % 1000]
 
 
 def truncate_to_millis(value: datetime) -> datetime:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +28,7 @@ from storage.store import (
     _query_sql,
     to_ms,
 )
+from tests.daemon import ROOT
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -122,6 +126,45 @@ def test_concurrent_appends_keep_seq_gapless(store: AuditStore, store_url: str) 
     assert errors == []
     seqs = sorted(e.seq for e in store.iter_events(EventQuery(order="asc")))
     assert seqs == list(range(1, 161))
+
+
+_APPEND_PROCESS = """
+import sys
+from datetime import UTC, datetime
+from storage.events import Actor, EventType, NewEvent
+from storage.store import AppendRequest, AuditStore
+store = AuditStore.open(sys.argv[1])
+store.append([AppendRequest([NewEvent(stream="api", entity="customer",
+    event_type=EventType.CREATE, actor=Actor("other-process"),
+    occurred_at=datetime(2026, 11, 28, tzinfo=UTC))])])
+store.close()
+"""
+
+
+def test_page_reads_see_every_commit_on_every_thread(store: AuditStore, store_url: str) -> None:
+    """Pages are read on connections kept per thread (SQLite): none may keep a snapshot
+    that hides what was committed since, here or by another process."""
+    query = EventQuery(actor="other-process")
+
+    def count_on_a_thread() -> int:
+        counts: list[int] = []
+        thread = threading.Thread(target=lambda: counts.append(len(store.query_rows(query)[0])))
+        thread.start()
+        thread.join()
+        return counts[0]
+
+    worker = ThreadPoolExecutor(max_workers=1)
+    try:
+        assert len(store.query_rows(query)[0]) == 0
+        assert worker.submit(lambda: len(store.query_rows(query)[0])).result() == 0
+        subprocess.run(
+            [sys.executable, "-c", _APPEND_PROCESS, store_url], check=True, timeout=60, cwd=ROOT
+        )
+        assert len(store.query_rows(query)[0]) == 1
+        assert worker.submit(lambda: len(store.query_rows(query)[0])).result() == 1
+        assert count_on_a_thread() == 1
+    finally:
+        worker.shutdown()
 
 
 def test_query_filters(store: AuditStore) -> None:
