@@ -7,7 +7,7 @@ key order, string escapes, the float format, the time format.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -70,6 +70,20 @@ def test_times_before_year_1000_keep_four_digits() -> None:
 @given(st.integers(min_value=-62135596800000, max_value=253402300799999))
 def test_verify_formats_times_as_the_store_does(ms: int) -> None:
     assert format_ms(ms) == format_time(from_ms(ms))
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-11)), timezone(timedelta(hours=5, minutes=30))]
+        ),
+    )
+)
+def test_times_are_rfc_3339_utc_to_the_millisecond(value: datetime) -> None:
+    expected = value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert format_time(value) == expected
 
 
 def documented_float(value: float) -> str:
