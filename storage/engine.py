@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +126,6 @@ def driver_rows(conn: Connection, sql: str, params: Any) -> list[Any]:
     with driver_cursor(conn, sql) as cursor:
         cursor.execute(sql, params)
         return list(cursor.fetchall()) if cursor.description is not None else []
-
-
-def driver_many(conn: Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-    """`driver_rows` for one statement run once per row of `rows` (DB-API executemany)."""
-    with driver_cursor(conn, sql) as cursor:
-        cursor.executemany(sql, rows)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -36,7 +38,6 @@ from storage.engine import (
     Engines,
     create_engines,
     driver_cursor,
-    driver_many,
     driver_rows,
     param_mark,
 )
@@ -62,6 +63,9 @@ JSON, took about 0.35 ms here in session 4; 100 events stay under a millisecond)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _ID_CHUNK = 500
+_ROWS_PER_INSERT = 128
+"""SQLite: rows an INSERT statement writes at most (chunks of 128, 64, … 1, so each
+table has at most 8 statement texts for sqlite3's statement cache)."""
 
 
 class StorageError(Exception):
@@ -490,17 +494,32 @@ class AuditStore:
 def _insert_many(
     conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    """A plain DB-API executemany: the hot path of every append, where SQLAlchemy's
-    per-row parameter processing cost more than the inserts themselves."""
+    """The hot path of every append, on the driver: SQLAlchemy's per-row parameter
+    processing cost more than the inserts themselves.
+
+    SQLite: multi-row `INSERT … VALUES (…), (…)`, not executemany. sqlite3 lets go
+    of the GIL around every statement step, once a row in an executemany, and in
+    the daemon the committing thread then waits for the event loop to hand the GIL
+    back, every row. POST one event per request, 64 connections, old and new
+    daemons alternating, three rounds: 3,214 / 3,278 / 3,267 -> 3,462 / 3,838 /
+    3,823 req/s. PostgreSQL: COPY (`_copy_many`)."""
     if conn.dialect.name == "postgresql":
         _copy_many(conn, table, columns, rows)
         return
-    mark = param_mark(conn)
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(mark for _ in columns)})"
-    )
-    driver_many(conn, sql, rows)
+    pending = list(rows)
+    start, size = 0, _ROWS_PER_INSERT
+    while start < len(pending):
+        while size > len(pending) - start:
+            size //= 2
+        params = list(chain.from_iterable(pending[start : start + size]))
+        driver_rows(conn, _multi_row_insert(table, tuple(columns), size), params)
+        start += size
+
+
+@lru_cache(maxsize=64)
+def _multi_row_insert(table: str, columns: tuple[str, ...], rows: int) -> str:
+    values = f"({', '.join('?' for _ in columns)})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([values] * rows)
 
 
 def _copy_many(
