@@ -86,6 +86,25 @@ class Gunicorn:
         self.process.wait(timeout=30)
 
 
+PROTOTYPE_POST = "the issue's prototype: aiohttp + group commit, one sqlite3 row"
+PROTOTYPE_GET = "the issue's naive handler: sqlite3 + json.dumps, 64 connections"
+
+
+class Prototype:
+    """`bench/peers/aiohttp_prototype.py` as a process: the issue's prototypes."""
+
+    def __init__(self, port: int, post_db: Path, read: Path | None = None) -> None:
+        self.process = subprocess.Popen(
+            [PY, "-m", "bench.peers.aiohttp_prototype", str(port), str(post_db),
+             *([str(read)] if read is not None else [])],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_http(f"http://127.0.0.1:{port}/ping")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 def post_single(quick: bool) -> Result:
     seconds, rounds = (6, 3) if quick else (30, 5)
     result = Result("post_single", "POST one event per request, 64 connections")
@@ -99,11 +118,13 @@ def post_single(quick: bool) -> Result:
             [PY, "-m", "bench.peers.aiohttp_bare", str(bare_port)], cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_http(f"http://127.0.0.1:{bare_port}/ping")
+        proto_port = free_port()
+        proto = Prototype(proto_port, directory / "prototype.db")
         fsync = _commit_rate(directory / "fsync.db", seconds=3)
         ev_script = _post_script(directory, "event", EVENT)
         seed_script = _post_script(directory, "seed", SEED_BODY)
         runs: dict[str, list[dict[str, float]]] = {
-            "auditor": [], "auditor-seed": [], "flask": [], "bare": []}
+            "auditor": [], "auditor-seed": [], "flask": [], "bare": [], "prototype": []}
 
         def bench(name: str, url: str, script: Path):  # type: ignore[no-untyped-def]
             def go() -> float:
@@ -120,10 +141,13 @@ def post_single(quick: bool) -> Result:
                     "flask", f"http://127.0.0.1:{peer_port}/create_log/073", seed_script),
                 "bare aiohttp, parse + answer, no storage": bench(
                     "bare", f"http://127.0.0.1:{bare_port}/v1/events", ev_script),
+                PROTOTYPE_POST: bench(
+                    "prototype", f"http://127.0.0.1:{proto_port}/v1/events", ev_script),
             }, rounds)
         finally:
             daemon.stop()
             peer.stop()
+            proto.stop()
             bare.terminate()
             bare.wait(timeout=30)
     result.rounds = series
@@ -141,7 +165,13 @@ def post_single(quick: bool) -> Result:
         note=f"non-2xx/socket errors: {errors:.0f}; limits of this machine, same run: a bare "
              f"aiohttp handler that stores nothing "
              f"{median(series['bare aiohttp, parse + answer, no storage']):,.0f} req/s, "
-             f"durable SQLite commits (WAL, synchronous=FULL, one row each) {fsync:,.0f}/s",
+             f"durable SQLite commits (WAL, synchronous=FULL, one row each) {fsync:,.0f}/s; "
+             f"the issue's group-commit prototype (bench/peers/aiohttp_prototype.py: one "
+             f"unindexed row an event, no validation or hashing) "
+             f"{median(series[PROTOTYPE_POST]):,.0f} req/s, p99 "
+             f"{median([r['p99'] for r in runs['prototype']]):.1f} ms "
+             f"(Auditor ÷ prototype {ours / median(series[PROTOTYPE_POST]):.2f}; the issue "
+             f"measured the prototype at 8,970 and set 7,000, 0.78 of it)",
     ))
     result.figures.append(Figure(
         "POST /v1/events p99 latency, 64 conns", p99, "ms", "≤ 30 ms", p99 <= 30,
@@ -268,6 +298,8 @@ def get_and_verify(quick: bool) -> list[Result]:
         port = free_port()
         config = write_config(directory, url, port=port)
         daemon = Daemon(config, port)
+        proto_port = free_port()
+        proto = Prototype(proto_port, directory / "prototype.db", read=db)
         runs64: list[dict[str, float]] = []
         runs1: list[dict[str, float]] = []
         raw_p99: list[float] = []
@@ -297,12 +329,18 @@ def get_and_verify(quick: bool) -> list[Result]:
             raw_p99.append(sorted(times)[int(len(times) * 0.99)] * 1000)
             return len(times) / sum(times)
 
+        def naive64() -> float:
+            return wrk(f"http://127.0.0.1:{proto_port}/v1/events", connections=64,
+                       seconds=seconds, script=script)["rps"]
+
         try:
             series = alternate({"Auditor, 64 connections": ours64,
                                 "Auditor, 1 connection": ours1,
-                                "plain sqlite3 query, 1 thread": ceiling}, rounds)
+                                "plain sqlite3 query, 1 thread": ceiling,
+                                PROTOTYPE_GET: naive64}, rounds)
         finally:
             daemon.stop()
+            proto.stop()
             conn.close()
         get.rounds = series
         value = median(series["Auditor, 64 connections"])
@@ -312,7 +350,11 @@ def get_and_verify(quick: bool) -> list[Result]:
             "GET /v1/events?actor=X&limit=50, 64 conns", value, "req/s", "≥ 3,000",
             value >= 3000, reference=f"plain sqlite3 same query, one thread {ceil:,.0f} q/s",
             reference_value=ceil, ratio=value / ceil, size=size_note + f", wrk {seconds} s",
-            note=f"p99 at 64 conns {median([r['p99'] for r in runs64]):.1f} ms",
+            note=f"p99 at 64 conns {median([r['p99'] for r in runs64]):.1f} ms; the issue's "
+                 f"naive handler (bench/peers/aiohttp_prototype.py: same SQL, rows as dicts, "
+                 f"json.dumps), same run: {median(series[PROTOTYPE_GET]):,.0f} req/s (Auditor ÷ "
+                 f"naive {value / median(series[PROTOTYPE_GET]):.2f}; the issue measured it at "
+                 f"1,650 and set 3,000, 1.82 times it)",
         ))
         get.figures.append(Figure(
             "GET /v1/events p99 at 1 connection", p99_1, "ms", "≤ 10 ms", p99_1 <= 10,
