@@ -18,6 +18,7 @@ Appending is one transaction per call, however many requests it carries:
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -65,7 +66,8 @@ _MS = timedelta(milliseconds=1)
 _ID_CHUNK = 500
 _ROWS_PER_INSERT = 128
 """SQLite: rows an INSERT statement writes at most (chunks of 128, 64, … 1, so each
-table has at most 8 statement texts for sqlite3's statement cache)."""
+table has at most 8 statement texts for sqlite3's statement cache), fewer when the
+library allows fewer parameters a statement."""
 
 
 class StorageError(Exception):
@@ -507,7 +509,11 @@ def _insert_many(
         _copy_many(conn, table, columns, rows)
         return
     pending = list(rows)
-    start, size = 0, _ROWS_PER_INSERT
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    # SQLite before 3.32 allowed 999 parameters a statement, later ones 32,766.
+    most = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns)
+    start, size = 0, min(_ROWS_PER_INSERT, most)
     while start < len(pending):
         while size > len(pending) - start:
             size //= 2

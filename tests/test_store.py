@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
+from sqlalchemy import event as sa_event
 
 from storage import merkle
 from storage.events import Actor, EventType, NewEvent, new_event_id, utc_now
@@ -315,3 +318,21 @@ def test_quick_queries_are_one_index_range_read_in_order(store: AuditStore) -> N
                 assert f"USING INDEX {index} " in plan, (shape, plan)
     for slow in SLOW_SHAPES:
         assert not store.query_is_quick(EventQuery(**slow)), slow
+
+
+def test_sqlite_appends_keep_to_the_librarys_parameter_limit(tmp_path: Path) -> None:
+    """Rows go in by multi-row INSERTs; SQLite before 3.32 allowed 999 parameters."""
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+
+        @sa_event.listens_for(store.engines.write, "connect")
+        def _low_limit(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+        store.engines.write.dispose()
+        store.append([AppendRequest([make_event(i) for i in range(300)])])
+        assert [int(e.entity_id or 0) for e in store.iter_events(EventQuery(order="asc"))] == list(
+            range(300)
+        )
+    finally:
+        store.close()
