@@ -18,7 +18,6 @@ the event loop keeps serving the API.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cdc import installer, shadow
+from cdc.blocking import run_blocking
 from cdc.translate import translate
 from config import SourceConfig, TableConfig
 from storage.store import AppendRequest, CapturePosition
@@ -99,7 +99,7 @@ class ShadowPoller:
 
     async def poll_once(self, *, force: bool = False, up_to: int | None = None) -> int:
         """Store one batch; returns how many shadow rows it consumed (0 when idle)."""
-        rows = await asyncio.to_thread(self._read, force, up_to)
+        rows = await run_blocking(self._read, force, up_to)
         if not rows:
             return 0
         events, failures = translate(rows, self._tables, self.source.name)
@@ -165,7 +165,7 @@ class ShadowPoller:
             if up_to is not None and self.stats.position >= up_to:
                 break
             force = True
-        await asyncio.to_thread(self._tidy)
+        await run_blocking(self._tidy)
         return total
 
     def _tidy(self) -> None:

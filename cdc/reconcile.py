@@ -48,7 +48,6 @@ trail's state of the table, one compact JSON image per row.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -58,6 +57,7 @@ from typing import Any, Protocol
 import orjson
 
 from cdc import installer
+from cdc.blocking import run_blocking
 from cdc.scan import Chunk, Key, TableReader, as_events, as_update, image_of
 from config import SourceConfig, TableConfig
 from storage.events import SYSTEM_ACTOR, EventType, NewEvent, new_event_id
@@ -162,10 +162,10 @@ class Reconciler:
 
     async def reconcile(self, options: TableConfig) -> TableReport:
         """Compare one table with the trail and record the differences (module docstring)."""
-        conn = await asyncio.to_thread(installer.connect, self.source.database)
+        conn = await run_blocking(installer.connect, self.source.database)
         try:
-            reader = await asyncio.to_thread(TableReader, conn, options)
-            defaults = await asyncio.to_thread(reader.defaults)
+            reader = await run_blocking(TableReader, conn, options)
+            defaults = await run_blocking(reader.defaults)
             return await _TableRun(self, options, reader, defaults).run()
         finally:
             conn.close()
@@ -192,7 +192,7 @@ class _TableRun:
         reader = self.reader
         after: Key | None = None
         while True:
-            chunk = await asyncio.to_thread(reader.chunk, after, self.owner.batch_size)
+            chunk = await run_blocking(reader.chunk, after, self.owner.batch_size)
             await self._settle(chunk, None)
             if chunk.last_key is None or len(chunk.rows) < self.owner.batch_size:
                 break
@@ -210,7 +210,7 @@ class _TableRun:
                     self.report.unidentified += 1
                     continue
                 wanted.append(entity_id)
-            chunk = await asyncio.to_thread(reader.lookup, keys)
+            chunk = await run_blocking(reader.lookup, keys)
             await self._settle(chunk, wanted)
         return self.report
 
@@ -220,7 +220,7 @@ class _TableRun:
         `wanted`: the entity ids looked up (a missing one was deleted); None for a
         scan chunk (its rows are compared, and leave the set of rows still to check)."""
         await self.owner.poller.drain(up_to=chunk.head_seq)
-        await asyncio.to_thread(self.trail.catch_up)
+        await run_blocking(self.trail.catch_up)
         shape = self.reader.shape
         created, failures = as_events(chunk.rows, self.options, shape, self.stream, chunk.read_at)
         if failures:

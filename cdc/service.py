@@ -25,6 +25,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from cdc import installer
+from cdc.blocking import run_blocking
 from cdc.catchup import CatchUp
 from cdc.installer import InstallState
 from cdc.poller import CaptureStats, ShadowPoller
@@ -62,9 +63,7 @@ def install_source_at(source: SourceConfig, position: int) -> tuple[list[str], l
                 if installer.installed_state(conn, t) is not InstallState.CURRENT
                 and not _has_triggers(conn, t.table)
             ]
-            changed = installer.install_in_transaction(
-                conn, source.tables, next_seq=position + 1
-            )
+            changed = installer.install_in_transaction(conn, source.tables, next_seq=position + 1)
             version = installer.schema_version(conn)
     finally:
         conn.close()
@@ -107,7 +106,7 @@ class SourceCapture:
 
     async def attach(self) -> None:
         """Install or refresh the triggers, then catch up with what is waiting."""
-        changed, missing, version = await asyncio.to_thread(
+        changed, missing, version = await run_blocking(
             install_source_at, self.source, self.poller.stats.position
         )
         if changed:
@@ -133,7 +132,7 @@ class SourceCapture:
         return found is not None
 
     async def _follow_schema(self) -> None:
-        version = await asyncio.to_thread(self._read_schema_version)
+        version = await run_blocking(self._read_schema_version)
         if version == self._schema_version:
             return
         log.info(
@@ -144,7 +143,7 @@ class SourceCapture:
         )
         # Without the shadow table (uninstall-triggers) there is nothing to drain, and
         # trying would fail before the attach that brings capture back.
-        if await asyncio.to_thread(self._shadow_table_exists):
+        if await run_blocking(self._shadow_table_exists):
             await self.poller.drain()
         await self.attach()
 
@@ -181,15 +180,6 @@ class SourceCapture:
         self.poller.close()
 
 
-def _threadsafe(loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> Callable[[], None]:
-    """`wake` made callable from watchdog's thread."""
-
-    def call() -> None:
-        loop.call_soon_threadsafe(wake)
-
-    return call
-
-
 class CaptureService:
     """Every source of the config, woken by file events and a fallback schedule."""
 
@@ -210,7 +200,7 @@ class CaptureService:
         loop = asyncio.get_running_loop()
         for capture, catch_up in zip(self.sources, self.catch_ups, strict=True):
             await catch_up.attach_first()
-            self._watcher.watch(capture.source.database, _threadsafe(loop, capture.wake))
+            self._watcher.watch(capture.source.database, capture.wake)
             capture.start()
         self._watcher.start()
         self._scheduler = AsyncIOScheduler(event_loop=loop)

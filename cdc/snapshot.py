@@ -31,7 +31,6 @@ A progress bar (tqdm) goes to stderr when stderr is a terminal.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import sys
@@ -41,6 +40,7 @@ from typing import Any
 from tqdm import tqdm
 
 from cdc import installer
+from cdc.blocking import run_blocking
 from cdc.reconcile import Drainer
 from cdc.scan import Key, TableReader, as_events
 from config import SourceConfig, TableConfig
@@ -115,7 +115,7 @@ class SourceSnapshot:
 
     async def run(self) -> int:
         """Snapshot every table not yet done; returns how many rows it recorded."""
-        conn = await asyncio.to_thread(installer.connect, self.source.database)
+        conn = await run_blocking(installer.connect, self.source.database)
         try:
             total = 0
             for options in self.source.tables:
@@ -130,16 +130,16 @@ class SourceSnapshot:
     async def _table(self, conn: Any, options: TableConfig) -> int:
         name = self.source.name
         key = progress_key(name, options.table)
-        done = await asyncio.to_thread(self.store.stored_capture_position, key)
+        done = await run_blocking(self.store.stored_capture_position, key)
         if done == DONE:
             return 0
-        reader = await asyncio.to_thread(TableReader, conn, options)
+        reader = await run_blocking(TableReader, conn, options)
         after: Key | None = None
         if done is not None:
-            after = await asyncio.to_thread(self._resume_after, reader, options, done)
+            after = await run_blocking(self._resume_after, reader, options, done)
         stored = 0 if done is None or not reader.shape.without_rowid else done
         bar = tqdm(
-            total=await asyncio.to_thread(reader.count, after) if self.progress_bar else None,
+            total=await run_blocking(reader.count, after) if self.progress_bar else None,
             desc=f"snapshot {name}.{options.table}",
             unit=" rows",
             file=sys.stderr,
@@ -148,7 +148,7 @@ class SourceSnapshot:
         recorded = 0
         try:
             while True:
-                chunk = await asyncio.to_thread(reader.chunk, after, self.batch_size)
+                chunk = await run_blocking(reader.chunk, after, self.batch_size)
                 if chunk.last_key is None:
                     break
                 events, failures = as_events(chunk.rows, options, reader.shape, name, chunk.read_at)

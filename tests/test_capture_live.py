@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,13 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
+from cdc.poller import ShadowPoller
 from cdc.service import CaptureService
 from config import load_config
 from demo.simulator import create_schema
 from storage.query import EventQuery
 from storage.store import AuditStore
 from storage.writer import GroupCommitWriter
-from tests.capture_support import wait_for
+from tests.capture_support import run_sql, wait_for
 from tests.daemon import ROOT, free_port, run_cli, running_daemon
 
 DEMO_TABLES = [
@@ -144,6 +146,89 @@ async def test_fallback_poll_captures_without_file_events(
         await service.stop()
         await writer.stop()
         store.close()
+
+
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+async def test_file_events_alone_wake_capture_for_each_change(
+    tmp_path: Path, journal_mode: str
+) -> None:
+    """One change at a time, written by another process, the fallback poll an hour
+    away: each is stored through file events alone (WAL, and a rollback journal,
+    whose commit ends with the journal's deletion)."""
+    config = load_config(demo_config(tmp_path, free_port(), poll_interval=3600))
+    database = tmp_path / "billing.db"
+    create_schema(database)
+    run_sql(database, f"PRAGMA journal_mode = {journal_mode};")
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    service = CaptureService(config, store, writer)
+    await service.start()
+    try:
+        for n in range(1, 4):
+            run_sql(
+                database,
+                "INSERT INTO charges (customer_id, amount_cents, currency, description,"
+                f" created_at) VALUES (1, {n}, 'EUR', 'test', '2026-11-28T12:00:00Z');",
+            )
+            deadline = time.monotonic() + 5
+            stored = 0
+            while time.monotonic() < deadline and stored < n:
+                await asyncio.sleep(0.02)
+                stored = len(store.query(EventQuery(entity="charge", limit=100)).events)
+            assert stored == n
+    finally:
+        await service.stop()
+        await writer.stop()
+        store.close()
+
+
+async def test_a_cancelled_drain_lets_its_thread_finish_before_the_connection_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The injected fault: a prune still running in its thread when capture stops.
+    Closing the poller's connection under a running statement crashed the daemon
+    (sqlite3 segfault on shutdown)."""
+    original = ShadowPoller._tidy
+    tidying, finished = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_tidy(self: ShadowPoller) -> None:
+        connection = self._connection()
+        tidying.set()
+        time.sleep(0.3)  # the drain is cancelled and the poller closed meanwhile
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            original(self)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(ShadowPoller, "_tidy", slow_tidy)
+    config = load_config(demo_config(tmp_path, free_port()))
+    create_schema(tmp_path / "billing.db")
+    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
+    simulate(tmp_path / "billing.db", 5)
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
+    try:
+        drain = asyncio.create_task(poller.drain())
+        assert await asyncio.to_thread(tidying.wait, 5)
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
+        ended_first = finished.is_set()
+        poller.close()
+    finally:
+        await writer.stop()
+        store.close()
+    assert await asyncio.to_thread(finished.wait, 5)
+    assert errors == []
+    assert ended_first
 
 
 def test_install_and_uninstall_commands_leave_sqlite_master_as_it_was(tmp_path: Path) -> None:
