@@ -29,9 +29,9 @@ class StatementReader:
     thread, in autocommit: a lone SELECT runs in a snapshot of its own, so it needs
     no transaction around it.
 
-    For `GET /v1/events` pages served on the event loop: SQLAlchemy's pool checkout,
-    `BEGIN` and `COMMIT` around the query cost about 110 µs of a 50-event page's
-    550 (the query itself ~230 µs).
+    For `AuditStore.query_rows` (the pages of `GET /v1/events`, on the event loop or
+    the reader thread): SQLAlchemy's pool checkout, `BEGIN` and `COMMIT` around the
+    query cost about 110 µs of a 50-event page's 550 (the query itself ~230 µs).
     """
 
     def __init__(self, database: str) -> None:
@@ -96,13 +96,15 @@ def create_engines(url: str) -> Engines:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
+        statements = None
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        plain_file = database and database != ":memory:" and not parsed.query
+            if not parsed.query:  # URL options (mode=ro, …) are SQLAlchemy's to apply
+                statements = StatementReader(database)
         return Engines(
             write=_sqlite_engine(url, begin="BEGIN IMMEDIATE"),
             read=_sqlite_engine(url, begin="BEGIN"),
-            statements=StatementReader(database) if database and plain_file else None,
+            statements=statements,
         )
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
