@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -49,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         run_info = {"command": "python -m bench" + (" --full" if args.full else "")
                     + (f" --only {args.only}" if args.only else ""),
                     "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                    "mode": "quick" if quick else "full", "machine": machine()}
+                    "mode": "quick" if quick else "full", "machine": machine(),
+                    "code": code_version()}
         previous = RESULTS / "run.json"
         if args.only and previous.exists():
             # A partial re-run: keep the full run's record, list the re-run beside it.
             whole = json.loads(previous.read_text())
             whole.setdefault("reruns", []).append(
-                {"command": run_info["command"], "date": run_info["date"]})
+                {"command": run_info["command"], "date": run_info["date"],
+                 "code": run_info["code"]})
             run_info = whole
         previous.write_text(json.dumps(run_info, indent=1))
         for name in names:
@@ -88,3 +91,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def code_version() -> str:
+    """The commit the benchmarks ran, with "+changes" when the code differed from it
+    (the results and BENCHMARKS.md themselves do not count)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain").splitlines()
+               if not line[3:].startswith(("bench/results/", "BENCHMARKS.md"))]
+    return commit + ("+changes" if changed else "")

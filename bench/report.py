@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from bench.common import RESULTS, ROOT, median
 
@@ -42,7 +43,8 @@ def write_report(path: Path, order: list[str]) -> None:
     if run:
         m = run["machine"]
         lines += [
-            f"**Run:** `{run['command']}` ({run['mode']} mode), {run['date']}.  ",
+            f"**Run:** `{run['command']}` ({run['mode']} mode), {run['date']}"
+            f"{_at(run)}.  ",
             f"**Machine:** {m['cores']} cores, {m['cpu']}, {m['memory']} RAM; Python "
             f"{m['python']}, SQLite {m['sqlite']}, PostgreSQL {m['postgresql']}; aiohttp "
             f"{m['aiohttp']}, SQLAlchemy {m['sqlalchemy']}, psycopg {m['psycopg']}, orjson "
@@ -51,7 +53,8 @@ def write_report(path: Path, order: list[str]) -> None:
             "",
         ]
         for rerun in run.get("reruns", []):
-            lines.append(f"Re-run after that: `{rerun['command']}`, {rerun['date']}.  ")
+            lines.append(
+                f"Re-run after that: `{rerun['command']}`, {rerun['date']}{_at(rerun)}.  ")
         if run.get("reruns"):
             lines.append("")
     lines += ["## Figures", "",
@@ -91,3 +94,7 @@ def write_report(path: Path, order: list[str]) -> None:
     if analysis.exists():
         lines += ["", analysis.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _at(run: dict[str, Any]) -> str:
+    return f", code at {run['code']}" if run.get("code") else ""
