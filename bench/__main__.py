@@ -35,6 +35,19 @@ ORDER = ["host_writes", "host_writes_daemon", "drain_sqlite", "drain_pg", "captu
          "integrity_cost"]
 
 
+def code_version() -> str:
+    """The commit the benchmarks ran, with "+changes" when the code differed from it
+    (the results and BENCHMARKS.md themselves do not count)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain").splitlines()
+               if not line[3:].startswith(("bench/results/", "BENCHMARKS.md"))]
+    return commit + ("+changes" if changed else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--full", action="store_true", help="the issue's sizes (slow)")
@@ -92,15 +105,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-def code_version() -> str:
-    """The commit the benchmarks ran, with "+changes" when the code differed from it
-    (the results and BENCHMARKS.md themselves do not count)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = [line for line in git("status", "--porcelain").splitlines()
-               if not line[3:].startswith(("bench/results/", "BENCHMARKS.md"))]
-    return commit + ("+changes" if changed else "")
