@@ -149,12 +149,16 @@ async def test_fallback_poll_captures_without_file_events(
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+@pytest.mark.parametrize("watcher", ["inotify on the loop", "watchdog observer"])
 async def test_file_events_alone_wake_capture_for_each_change(
-    tmp_path: Path, journal_mode: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal_mode: str, watcher: str
 ) -> None:
     """One change at a time, written by another process, the fallback poll an hour
     away: each is stored through file events alone (WAL, and a rollback journal,
-    whose commit ends with the journal's deletion)."""
+    whose commit ends with the journal's deletion), read on the event loop or, where
+    inotify is missing (here: made to be), by watchdog's observer threads."""
+    if watcher == "watchdog observer":
+        monkeypatch.setattr("cdc.watcher._LoopInotify.open", lambda *args: None)
     config = load_config(demo_config(tmp_path, free_port(), poll_interval=3600))
     database = tmp_path / "billing.db"
     create_schema(database)
