@@ -98,7 +98,11 @@ class Prototype:
             [PY, "-m", "bench.peers.aiohttp_prototype", str(port), str(post_db),
              *([str(read)] if read is not None else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_http(f"http://127.0.0.1:{port}/ping")
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/ping")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.process.terminate()
