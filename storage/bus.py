@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from storage.events import AuditEvent
+from storage.events import AuditEvent, to_ms
 from storage.query import EventQuery
-from storage.store import Appended, AuditStore, to_ms
+from storage.store import Appended, AuditStore
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from storage import proofs
-from storage.events import format_time, truncate_to_millis, utc_now
+from storage.events import format_time, from_ms, to_ms, truncate_to_millis, utc_now
 from storage.schema import checkpoints, events, streams
 from storage.signing import PublicKey, SigningKey, checkpoint_message
-from storage.store import AuditStore, from_ms, to_ms
+from storage.store import AuditStore
 
 log = logging.getLogger(__name__)
 

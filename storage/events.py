@@ -95,6 +95,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the epoch (floored), as the store keeps times."""
+    return (value - _EPOCH) // _MS
+
+
+def from_ms(value: int) -> datetime:
+    return _EPOCH + value * _MS
+
+
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with milliseconds: ``2026-11-28T12:00:00.123Z``.
 
@@ -102,7 +111,7 @@ def format_time(value: datetime) -> str:
     POST answers with."""
     if value.tzinfo is None:
         value = value.astimezone(UTC)
-    return format_ms((value - _EPOCH) // _MS)
+    return format_ms(to_ms(value))
 
 
 @lru_cache(maxsize=4096)

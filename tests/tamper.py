@@ -14,9 +14,9 @@ from sqlalchemy import delete, insert, select, text, update
 
 from storage import merkle
 from storage.canonical import canonical_event, payload_digest, payload_document
-from storage.events import Actor, AuditEvent, EventType, NewEvent
+from storage.events import Actor, AuditEvent, EventType, NewEvent, to_ms
 from storage.schema import events, merkle_nodes, streams
-from storage.store import AppendRequest, AuditStore, to_ms
+from storage.store import AppendRequest, AuditStore
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

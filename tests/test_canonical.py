@@ -23,8 +23,7 @@ from storage.canonical import (
     payload_digest,
     payload_document,
 )
-from storage.events import Actor, EventType, NewEvent, format_ms, format_time
-from storage.store import from_ms
+from storage.events import Actor, EventType, NewEvent, format_ms, format_time, from_ms
 
 README_EVENT = NewEvent(
     id="0193c1c4-5a1e-7c3b-9f4e-2b8d1c0a9e77",

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy import event as sa_event
 
 from storage import merkle
-from storage.events import Actor, EventType, NewEvent, new_event_id, utc_now
+from storage.events import Actor, EventType, NewEvent, new_event_id, to_ms, utc_now
 from storage.migrate import upgrade
 from storage.query import EventQuery, Order
 from storage.schema import events, metadata
@@ -29,7 +29,6 @@ from storage.store import (
     CapturePosition,
     StorageError,
     _query_sql,
-    to_ms,
 )
 from tests.daemon import ROOT
 

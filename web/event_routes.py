@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from storage.events import NewEvent
+from storage.events import NewEvent, to_ms
 from storage.query import MAX_LIMIT, CursorError, EventQuery, decode_cursor, encode_cursor
-from storage.store import Appended, AppendRequest, AuditStore, StorageError, to_ms
+from storage.store import Appended, AppendRequest, AuditStore, StorageError
 from web.bodies import parse_json, read_body
 from web.keys import STORE, WRITER, read_in_reader
 from web.problems import Problem
