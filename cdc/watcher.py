@@ -145,6 +145,9 @@ class _LoopInotify:
         self._fd = fd
         self._folders = folders
         self._everyone = [watch for watches in folders.values() for watch in watches]
+        from watchdog.observers.inotify_c import InotifyFD
+
+        self._parse = InotifyFD._parse_event_buffer
 
     @classmethod
     def open(
@@ -187,14 +190,12 @@ class _LoopInotify:
         return watcher
 
     def _readable(self) -> None:
-        from watchdog.observers.inotify_c import InotifyFD
-
         try:
             buffer = os.read(self._fd, 64 * 1024)
         except BlockingIOError:
             return
         woken: set[int] = set()
-        for wd, _mask, _cookie, name in InotifyFD._parse_event_buffer(buffer):
+        for wd, _mask, _cookie, name in self._parse(buffer):
             lost = wd == -1  # the kernel's queue overflowed: events were lost, wake everyone
             for names, wakes in self._everyone if lost else self._folders.get(wd, []):
                 if (lost or name in names) and id(wakes) not in woken:
