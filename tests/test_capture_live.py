@@ -25,7 +25,7 @@ from demo.simulator import create_schema
 from storage.query import EventQuery
 from storage.store import AuditStore
 from storage.writer import GroupCommitWriter
-from tests.capture_support import run_sql, wait_for
+from tests.capture_support import capturing, run_sql, wait_for
 from tests.daemon import ROOT, free_port, run_cli, running_daemon
 
 DEMO_TABLES = [
@@ -159,32 +159,23 @@ async def test_file_events_alone_wake_capture_for_each_change(
     inotify is missing (here: made to be), by watchdog's observer threads."""
     if watcher == "watchdog observer":
         monkeypatch.setattr("cdc.watcher._LoopInotify.open", lambda *args: None)
-    config = load_config(demo_config(tmp_path, free_port(), poll_interval=3600))
+    config_path = demo_config(tmp_path, free_port(), poll_interval=3600)
     database = tmp_path / "billing.db"
     create_schema(database)
     run_sql(database, f"PRAGMA journal_mode = {journal_mode};")
-    store = AuditStore.open(config.store.url)
-    writer = GroupCommitWriter(store)
-    await writer.start()
-    service = CaptureService(config, store, writer)
-    await service.start()
-    try:
+    async with capturing(config_path) as (_, store):
+
+        def stored() -> int:
+            return len(store.query(EventQuery(entity="charge", limit=100)).events)
+
         for n in range(1, 4):
             run_sql(
                 database,
                 "INSERT INTO charges (customer_id, amount_cents, currency, description,"
                 f" created_at) VALUES (1, {n}, 'EUR', 'test', '2026-11-28T12:00:00Z');",
             )
-            deadline = time.monotonic() + 5
-            stored = 0
-            while time.monotonic() < deadline and stored < n:
-                await asyncio.sleep(0.02)
-                stored = len(store.query(EventQuery(entity="charge", limit=100)).events)
-            assert stored == n
-    finally:
-        await service.stop()
-        await writer.stop()
-        store.close()
+            await wait_for(lambda: stored() >= n, f"change {n} to be stored", seconds=5)  # noqa: B023
+            assert stored() == n
 
 
 async def test_a_cancelled_drain_lets_its_thread_finish_before_the_connection_closes(
