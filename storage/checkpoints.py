@@ -214,7 +214,8 @@ class Checkpointer:
 
     def _sign(self, only: str | None) -> list[Checkpoint]:
         signed: list[Checkpoint] = []
-        with self._lock, self._store.engines.write.begin() as conn:
+        engines = self._store.engines
+        with self._lock, engines.exclusive(), engines.write.begin() as conn:
             heads = select(streams.c.name, streams.c.head_seq, streams.c.head_hash)
             if only is not None:
                 heads = heads.where(streams.c.name == only)

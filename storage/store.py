@@ -174,7 +174,7 @@ class AuditStore:
 
     def append(self, requests: Sequence[AppendRequest]) -> list[list[Appended]]:
         """Store every request's events in one transaction; results in request order."""
-        with self._append_lock:
+        with self._append_lock, self._engines.exclusive():
             try:
                 with self._engines.write.begin() as conn:
                     results, touched = self._append_in(conn, requests)
@@ -365,7 +365,7 @@ class AuditStore:
     def redact(self, event_id: str, redaction: NewEvent) -> tuple[AuditEvent, AuditEvent] | None:
         """Erase an event's payload (its digest stays, so it still verifies) and
         record `redaction` in the same transaction. None when the id is unknown."""
-        with self._append_lock:
+        with self._append_lock, self._engines.exclusive():
             try:
                 with self._engines.write.begin() as conn:
                     target = conn.execute(

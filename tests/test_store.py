@@ -169,6 +169,41 @@ def test_page_reads_see_every_commit_on_every_thread(store: AuditStore, store_ur
         worker.shutdown()
 
 
+_HOLD_WRITE_LOCK = """
+import pathlib, sys, time
+from storage.engine import create_engines
+engines = create_engines(sys.argv[1])
+with engines.exclusive():
+    print("held", flush=True)
+    time.sleep(0.5)
+    pathlib.Path(sys.argv[2]).touch()
+engines.dispose()
+"""
+
+
+def test_a_sqlite_append_waits_for_the_write_lock_another_process_holds(tmp_path: Path) -> None:
+    """Writers queue on the store file's lock (handed over at release) instead of
+    finding SQLite busy and sleeping; a process that holds it keeps every append out."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    released = tmp_path / "released"
+    store = AuditStore.open(url)
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, url, str(released)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"
+            store.append([AppendRequest([make_event(1)])])
+            # The holder marks the release just before it lets go.
+            assert released.exists()
+            assert holder.wait(timeout=30) == 0
+            assert [e.seq for e in store.iter_events(EventQuery(order="asc"))] == [1]
+        finally:
+            holder.kill()
+            store.close()
+
+
 def test_query_filters(store: AuditStore) -> None:
     store.append(
         [
