@@ -118,6 +118,8 @@ class ServerConfig(_Section):
 
     host: NonEmptyStr = "127.0.0.1"
     port: int = Field(default=5000, ge=0, le=65535)  # 0: any free port
+    workers: int = Field(default=1, ge=1, le=64)
+    """Processes serving the API on this port (the daemon and workers - 1 more)."""
 
 
 class TokenConfig(_Section):

@@ -10,25 +10,19 @@ Exit codes: 0 success, 1 a failed check, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from commands import capture, records, serve
-from commands.common import EXIT_OK, EXIT_USAGE, UsageError
+from commands.common import EXIT_OK, EXIT_USAGE, UsageError, setup_logging
 from config import Config, ConfigError, load_config, resolve_config_path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("AUDITOR_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # APScheduler logs every run of the fallback poll at INFO.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    setup_logging()
     command: Callable[[argparse.Namespace, Config], int] = args.handler
     try:
         config = load_config(resolve_config_path(args.config, os.environ))

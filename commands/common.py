@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from sqlalchemy.engine import make_url
 
@@ -14,6 +15,16 @@ log = logging.getLogger("auditor")
 EXIT_OK = 0
 EXIT_FAILED_CHECK = 1
 EXIT_USAGE = 2
+
+
+def setup_logging() -> None:
+    """Log to stderr at $AUDITOR_LOG_LEVEL (INFO by default)."""
+    logging.basicConfig(
+        level=os.environ.get("AUDITOR_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # APScheduler logs every run of the fallback poll at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 class UsageError(Exception):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from commands.common import EXIT_OK, UsageError, log, open_store
 from config import Config
 from storage.store import AuditStore
+
+if TYPE_CHECKING:
+    from web.keys import CaptureStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +45,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from aiohttp import web
 
     from web.app import create_app
+    from web.keys import CAPTURE_STATUS, READINESS
 
     check_exposure(config)
     if not config.auth.tokens:
@@ -56,9 +62,29 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             raise UsageError(f"{config.path}: integrity.key_file: {exc}") from exc
         if config.sources:
             attach_capture(app, config, store)
+        attach_store_watch(app, config)
         host, port = config.server.host, config.server.port
-        settle_collector()
-        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        if config.server.workers == 1:
+            settle_collector()
+            web.run_app(app, host=host, port=port, print=None, access_log=None)
+        else:
+            from commands.workers import WorkerPool, listen_sockets
+
+            try:
+                sockets = listen_sockets(host, port)
+            except OSError as exc:
+                raise UsageError(
+                    f"{config.path}: server: cannot listen on {host}:{port}: {exc}"
+                ) from exc
+            pool = WorkerPool(
+                config, sockets[0].getsockname()[1], config.server.workers - 1,
+                app.get(CAPTURE_STATUS),
+            )
+            app[READINESS].add("workers", pool.readiness)
+            app.on_shutdown.append(pool.stop_restarting)
+            app.cleanup_ctx.append(pool.run)
+            settle_collector()
+            web.run_app(app, sock=sockets, print=None, access_log=None)
         log.info("stopped cleanly")
     finally:
         store.close()
@@ -87,43 +113,85 @@ def settle_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def attach_store_watch(app: Any, config: Config) -> None:
+    """With API workers, wake the live tails' follower whenever the SQLite store's
+    files are written (by any process), so a tail need not wait for its next read."""
+    from sqlalchemy.engine import make_url
+
+    from cdc.watcher import DatabaseWatcher
+    from web.keys import EVENT_BUS
+
+    database = make_url(config.store.url).database
+    if config.server.workers == 1 or not database or database == ":memory:":
+        return
+
+    async def watch(app: Any) -> AsyncIterator[None]:
+        watcher = DatabaseWatcher()
+        watcher.watch(Path(database), app[EVENT_BUS].wake)
+        watcher.start()
+        yield
+        watcher.stop()
+
+    app.cleanup_ctx.append(watch)
+
+
 def attach_capture(app: Any, config: Config, store: AuditStore) -> None:
     """Capture as a task the web app owns (started after the writer, stopped before it),
     with its status in `/v1/streams`, `/readyz` and `/metrics`."""
-    import asyncio
-    import contextlib
-
     from cdc.service import CaptureService
-    from web.keys import CAPTURE_STATUS, READINESS, WRITER
-    from web.metrics import METRICS
+    from web.keys import WRITER
 
     service = CaptureService(config, store, app[WRITER])
-    app[CAPTURE_STATUS] = service.status
+    publisher = show_capture_status(app, service.status)
+
+    async def capture(app: Any) -> AsyncIterator[None]:
+        await service.start()
+        log.info("capturing %d source(s)", len(service.sources))
+        async with publisher():
+            yield
+        await service.stop()
+
+    app.cleanup_ctx.append(capture)
+
+
+def show_capture_status(
+    app: Any, status: CaptureStatus, *, stale: Callable[[], str | None] | None = None
+) -> Callable[[], contextlib.AbstractAsyncContextManager[None]]:
+    """Show capture's `status` in `/v1/streams`, `/readyz` (and `stale()`'s complaint
+    there, when given) and `/metrics`; the returned context publishes the metrics
+    while it is open."""
+    import asyncio
+
+    from web.keys import CAPTURE_STATUS, READINESS
+    from web.metrics import METRICS
+
+    app[CAPTURE_STATUS] = status
     metrics = app[METRICS]
 
     async def capture_running() -> str | None:
-        stopped = [name for name, s in service.status().items() if not s["running"]]
-        return f"capture is not running for {', '.join(stopped)}" if stopped else None
+        problem = stale() if stale is not None else None
+        stopped = [name for name, s in status().items() if not s["running"]]
+        return problem or (f"capture is not running for {', '.join(stopped)}" if stopped else None)
 
     app[READINESS].add("capture", capture_running)
 
     async def publish_metrics() -> None:
         while True:
-            for name, status in service.status().items():
-                metrics.set_capture(name, status["backlog"], status["lag_seconds"])
+            for name, source in status().items():
+                metrics.set_capture(name, source["backlog"], source["lag_seconds"])
             await asyncio.sleep(1.0)
 
-    async def capture(app: Any) -> AsyncIterator[None]:
-        await service.start()
-        log.info("capturing %d source(s)", len(service.sources))
-        publisher = asyncio.create_task(publish_metrics())
-        yield
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
-        await service.stop()
+    @contextlib.asynccontextmanager
+    async def publishing() -> AsyncIterator[None]:
+        task = asyncio.create_task(publish_metrics())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    app.cleanup_ctx.append(capture)
+    return publishing
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:

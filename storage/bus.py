@@ -14,6 +14,13 @@ bound.
 Each event carries its `position` (the store's pk, the global insertion order),
 so a subscriber that also reads a backlog from the store can skip what it has
 already sent.
+
+When other processes append to the same store (the API workers of
+`server.workers`), commit listeners hear only this process's commits: the bus
+then *follows* the store instead (`follow`), reading every event after the
+last position it delivered whenever it is woken (a commit here, `wake` from a
+watch on the store's files, or every `FOLLOW_INTERVAL` seconds), and only
+while someone listens.
 """
 
 from __future__ import annotations
@@ -25,13 +32,18 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from storage.events import AuditEvent, to_ms
 from storage.query import EventQuery
-from storage.store import Appended, AuditStore
+from storage.store import Appended, AuditStore, row_to_event
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUED = 10_000
+FOLLOW_INTERVAL = 0.5
+"""Seconds between reads of a followed store when nothing wakes the follower."""
+FOLLOW_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,12 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: AuditStore | None = None
         self.dropped_total = 0
+        self._followed: AuditStore | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._position = 0
+        """Following: the last position delivered (or the head when the first
+        subscriber arrived); meaningful only while someone listens."""
 
     @property
     def subscriber_count(self) -> int:
@@ -137,11 +155,29 @@ class EventBus:
         self._store = store
         store.add_commit_listener(self._on_commit)
 
+    def follow(self, store: AuditStore) -> None:
+        """Deliver every event committed to `store` by any process, read back from it
+        in position order; call on the loop that subscribers use."""
+        self._loop = asyncio.get_running_loop()
+        self._followed = store
+        store.add_commit_listener(self._on_own_commit)
+        self._follower = asyncio.create_task(self._follow(store))
+
+    def wake(self) -> None:
+        """Something may have been committed (on the loop): read the followed store."""
+        self._wake.set()
+
     def close(self) -> None:
         """Stop listening and end every subscription (`closed`)."""
         if self._store is not None:
             self._store.remove_commit_listener(self._on_commit)
             self._store = None
+        if self._followed is not None:
+            self._followed.remove_commit_listener(self._on_own_commit)
+            self._followed = None
+        if self._follower is not None:
+            self._follower.cancel()
+            self._follower = None
         for subscription in list(self._subscribers):
             subscription._end(dropped=False)
         self._subscribers.clear()
@@ -150,6 +186,10 @@ class EventBus:
     def subscribe(self, query: EventQuery) -> Iterator[Subscription]:
         """Receive every event committed from now on that matches `query`."""
         subscription = Subscription(query, self.max_queued)
+        if self._followed is not None and not self._subscribers:
+            # Nobody listened, so nothing was read: start from the head. A tail
+            # replays from the store after subscribing, which covers what is older.
+            self._position = self._followed.last_position()
         self._subscribers.add(subscription)
         try:
             yield subscription
@@ -164,6 +204,34 @@ class EventBus:
         items = [Published(a.position, a.event) for a in appended if a.position is not None]
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
             loop.call_soon_threadsafe(self._deliver, items)
+
+    def _on_own_commit(self, appended: list[Appended]) -> None:
+        loop = self._loop
+        if self._subscribers and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(self._wake.set)
+
+    async def _follow(self, store: AuditStore) -> None:
+        while True:
+            self._wake.clear()
+            if self._subscribers:
+                start = self._position
+                query = EventQuery(order="asc", after_pk=start, limit=FOLLOW_BATCH)
+                try:
+                    rows, more = await asyncio.to_thread(store.query_rows, query)
+                except SQLAlchemyError:  # a store outage must not end the tails' feed
+                    log.warning("live tail: reading new events failed", exc_info=True)
+                    rows, more = [], None
+                if self._position != start:  # a first subscriber re-anchored it meanwhile
+                    continue
+                if rows:
+                    items = [Published(int(row[0]), row_to_event(row)) for row in rows]
+                    self._position = items[-1].position
+                    self._deliver(items)
+                    if more is not None:
+                        continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FOLLOW_INTERVAL)
 
     def _deliver(self, items: list[Published]) -> None:
         for subscription in list(self._subscribers):

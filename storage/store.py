@@ -28,7 +28,7 @@ from itertools import chain
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, String, any_, bindparam, select, update
+from sqlalchemy import Connection, String, any_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import SQLAlchemyError
@@ -403,6 +403,12 @@ class AuditStore:
                 select(events.c.pk).where(events.c.id == event_id)
             ).scalar_one_or_none()
         return int(pk) if pk is not None else None
+
+    def last_position(self) -> int:
+        """The position of the newest stored event (0 when there is none)."""
+        with self._read() as conn:
+            pk = conn.execute(select(func.max(events.c.pk))).scalar_one_or_none()
+        return int(pk) if pk is not None else 0
 
     def query(self, q: EventQuery) -> Page:
         rows, last_pk = self.query_rows(q)

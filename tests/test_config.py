@@ -122,7 +122,8 @@ def test_default_config_loads_with_empty_environment() -> None:
 
 def test_default_config_documents_every_key() -> None:
     text = DEFAULT_CONFIG_PATH.read_text()
-    for key in ["url", "host", "port", "tokens", "poll_interval", "batch_size", "snapshot"]:
+    for key in ["url", "host", "port", "workers", "tokens", "poll_interval", "batch_size",
+                "snapshot"]:
         assert f"{key}:" in text
     for key in ["key_file", "checkpoint_interval", "${AUDITOR_TOKEN}", "scopes: [read, write"]:
         assert key in text
@@ -385,7 +386,7 @@ def test_unknown_key_at_every_level(tmp_path: Path, loc: tuple[str | int, ...]) 
 
 def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, with_change(("server", "prot"), 1))
-    expected = f"{path}: server.prot: unknown key (expected one of: host, port)"
+    expected = f"{path}: server.prot: unknown key (expected one of: host, port, workers)"
     assert load_error(path) == expected
 
 
@@ -398,6 +399,8 @@ def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
         (("server", "port"), "http", "server.port: Input should be a valid integer"),
         (("server", "port"), 65536, "server.port: Input should be less than or equal to 65535"),
         (("server", "port"), -1, "server.port: Input should be greater than or equal to 0"),
+        (("server", "workers"), 0, "server.workers: Input should be greater than or equal to 1"),
+        (("server", "workers"), 65, "server.workers: Input should be less than or equal to 64"),
         (("auth", "tokens"), "abc", "auth.tokens: Input should be a valid list"),
         (("auth", "tokens", 0), "abc", "auth.tokens[0]: should be a mapping"),
         (("auth", "tokens", 0, "token"), "", "auth.tokens[0].token: must not be empty"),

@@ -89,7 +89,10 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
 async def _listen_to_commits(app: web.Application) -> AsyncIterator[None]:
     """Live tails and the stored-events counter hear of every commit, whoever appends."""
     store, metrics = app[STORE], app[METRICS]
-    app[EVENT_BUS].attach(store)
+    if app[CONFIG].server.workers > 1:  # other processes append too: read them back
+        app[EVENT_BUS].follow(store)
+    else:
+        app[EVENT_BUS].attach(store)
     store.add_commit_listener(metrics.count_committed)
     yield
     store.remove_commit_listener(metrics.count_committed)
