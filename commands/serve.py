@@ -16,6 +16,7 @@ from config import Config
 from storage.store import AuditStore
 
 if TYPE_CHECKING:
+    from commands.workers import WorkerPool
     from web.keys import CaptureStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,17 +43,33 @@ def check_exposure(config: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from aiohttp import web
-
-    from web.app import create_app
-    from web.keys import CAPTURE_STATUS, READINESS
+    # Loaded before the API workers' starter is forked, so that every worker shares it.
+    import web.app  # noqa: F401
 
     check_exposure(config)
     if not config.auth.tokens:
         log.warning(
             "auth is off (auth.tokens is empty): serving on loopback %s only", config.server.host
         )
+    pool = None
+    if config.server.workers > 1:
+        from commands.workers import WorkerPool
+
+        pool = WorkerPool(config, config.server.workers - 1)  # before any thread starts
+    try:
+        _serve(config, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+    return EXIT_OK
+
+
+def _serve(config: Config, pool: WorkerPool | None) -> None:
+    from aiohttp import web
+
     from storage.signing import KeyFileError
+    from web.app import create_app
+    from web.keys import CAPTURE_STATUS, READINESS
 
     store = open_store(config)
     try:
@@ -64,11 +81,11 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             attach_capture(app, config, store)
         attach_store_watch(app, config)
         host, port = config.server.host, config.server.port
-        if config.server.workers == 1:
+        if pool is None:
             settle_collector()
             web.run_app(app, host=host, port=port, print=None, access_log=None)
         else:
-            from commands.workers import WorkerPool, listen_sockets
+            from commands.workers import listen_sockets
 
             try:
                 sockets = listen_sockets(host, port)
@@ -76,10 +93,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
                 raise UsageError(
                     f"{config.path}: server: cannot listen on {host}:{port}: {exc}"
                 ) from exc
-            pool = WorkerPool(
-                config, sockets[0].getsockname()[1], config.server.workers - 1,
-                app.get(CAPTURE_STATUS),
-            )
+            pool.serve_on(sockets[0].getsockname()[1], app.get(CAPTURE_STATUS))
             app[READINESS].add("workers", pool.readiness)
             app.on_shutdown.append(pool.stop_restarting)
             app.cleanup_ctx.append(pool.run)
@@ -88,7 +102,6 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         log.info("stopped cleanly")
     finally:
         store.close()
-    return EXIT_OK
 
 
 GC_THRESHOLDS = (50_000, 20, 100)

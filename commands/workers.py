@@ -13,10 +13,10 @@ Why: one Python process serves `GET /v1/events` at about 2,000 requests/s on
 this 2-core machine with one core busy and the other 45 % idle (the GIL); two
 processes served 3,900-4,900 (BENCHMARKS.md).
 
-Workers are started by a fork server (`multiprocessing`'s "forkserver", with the
-API's modules loaded once in it), not forked from the daemon: the daemon has
-threads (the writer, capture) and open SQLite connections, which a fork would
-copy in whatever state they were in. A worker that exits is started again,
+Workers are forked by a starter process that the daemon forks before it opens
+anything (`WorkerPool`): the running daemon has threads (the writer, capture)
+and open SQLite connections, which a fork would copy in whatever state they
+were in. A worker that exits is started again,
 `RESTART_DELAY` seconds later; the daemon's `/readyz` says so meanwhile. When the
 daemon stops it sends its workers SIGTERM (each drains its requests and writer,
 as the daemon does) and waits for them; a worker whose daemon is gone (SIGKILL)
@@ -32,17 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import multiprocessing
+import multiprocessing.process
 import os
 import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
-from multiprocessing.context import ForkServerProcess
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +58,6 @@ RESTART_DELAY = 1.0
 STALE_AFTER = 5.0
 PARENT_CHECK_SECONDS = 1.0
 STOP_TIMEOUT = 30.0
-PRELOAD = ["aiohttp.web", "sqlalchemy", "web.app", "commands.serve"]
-"""Imported once by the fork server; every worker shares those pages."""
 
 
 def listen_sockets(host: str, port: int) -> list[socket.socket]:
@@ -125,24 +126,43 @@ class StatusFile:
 
 
 class WorkerPool:
-    """The daemon's API workers: started with the app, restarted when one exits,
-    stopped (and waited for) when the app stops."""
+    """The daemon's API workers, forked by a starter process: started with the app,
+    started again when one exits, stopped (and waited for) when the app stops.
 
-    def __init__(
-        self, config: Config, port: int, count: int, capture_status: CaptureStatus | None
-    ) -> None:
-        self._config = config
-        self._port = port
+    Make it before the daemon opens its store or starts a thread: the starter is
+    forked there and then, single-threaded, with every module the API needs already
+    imported, and each worker is forked from it in turn. All of them share those
+    pages with the daemon (`gc.freeze()` first, so that collections do not copy
+    them), and no worker inherits a lock another thread held or a connection the
+    daemon uses.
+    """
+
+    def __init__(self, config: Config, count: int) -> None:
         self._count = count
-        self._capture_status = capture_status
+        self._port = 0
+        self._capture_status: CaptureStatus | None = None
         self._status_file: StatusFile | None = None
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(PRELOAD)
-        self._workers: list[ForkServerProcess] = []
+        self._workers: dict[int, tuple[int, bool, int | None]] = {}
+        """index -> (pid, alive, exit code), as the starter last reported."""
         self._stopping = False
+        self._lock = threading.Lock()
+        gc.freeze()
+        self._conn, starter_end = multiprocessing.Pipe()
+        fork = multiprocessing.get_context("fork")
+        self._starter = fork.Process(
+            target=_starter, args=(starter_end, self._conn, config, os.getpid()),
+            name="auditor-api-starter",
+        )
+        self._starter.start()
+        starter_end.close()
+
+    def serve_on(self, port: int, capture_status: CaptureStatus | None) -> None:
+        """Where the workers listen, and capture's status to show them."""
+        self._port = port
+        self._capture_status = capture_status
 
     def running(self) -> int:
-        return sum(1 for worker in self._workers if worker.is_alive())
+        return sum(1 for _pid, alive, _code in self._workers.values() if alive)
 
     async def readiness(self) -> str | None:
         running = self.running()
@@ -158,14 +178,15 @@ class WorkerPool:
             if self._capture_status is not None:
                 self._status_file = StatusFile(folder / "capture.json")
                 self._status_file.write(self._capture_status())
-            self._workers = await loop.run_in_executor(None, self._start_all)
+            for index in range(1, self._count + 1):
+                await loop.run_in_executor(None, self._start, index)
             supervisor = asyncio.create_task(self._supervise())
             yield
             self._stopping = True
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
-            await loop.run_in_executor(None, self._stop_all)
+            await loop.run_in_executor(None, self.close)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -173,20 +194,26 @@ class WorkerPool:
         """The app's `on_shutdown`: workers exiting from now on stay stopped."""
         self._stopping = True
 
-    def _start_all(self) -> list[ForkServerProcess]:
-        return [self._start(index) for index in range(1, self._count + 1)]
+    def close(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after `STOP_TIMEOUT`) and the starter."""
+        with contextlib.suppress(OSError, EOFError):
+            self._call(("stop",))
+        self._conn.close()
+        self._starter.join(STOP_TIMEOUT + 5)
+        if self._starter.is_alive():
+            self._starter.kill()
+            self._starter.join()
 
-    def _start(self, index: int) -> ForkServerProcess:
+    def _call(self, request: tuple[Any, ...]) -> Any:
+        with self._lock:
+            self._conn.send(request)
+            return self._conn.recv()
+
+    def _start(self, index: int) -> None:
         status_path = self._status_file.path if self._status_file is not None else None
-        worker = self._context.Process(
-            target=serve_worker,
-            args=(self._config, self._port, os.getpid(), status_path),
-            name=f"auditor-api-{index}",
-            daemon=False,
-        )
-        worker.start()
-        log.info("API worker %d started (pid %s)", index, worker.pid)
-        return worker
+        pid = self._call(("start", index, self._port, status_path))
+        self._workers[index] = (pid, True, None)
+        log.info("API worker %d started (pid %s)", index, pid)
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,27 +221,73 @@ class WorkerPool:
             await asyncio.sleep(RESTART_DELAY)
             if self._status_file is not None and self._capture_status is not None:
                 self._status_file.write(self._capture_status())
-            for index, worker in enumerate(self._workers):
-                if worker.is_alive() or self._stopping:
+            try:
+                self._workers = await loop.run_in_executor(None, self._call, ("status",))
+            except (OSError, EOFError):
+                log.error("the API workers' starter process is gone; workers are not restarted")
+                self._workers = {}
+                return
+            for index, (pid, alive, code) in sorted(self._workers.items()):
+                if alive or self._stopping:
                     continue
                 log.error(
                     "API worker %d (pid %s) exited with code %s; starting it again",
-                    index + 1, worker.pid, worker.exitcode,
+                    index, pid, code,
                 )
-                worker.close()
-                self._workers[index] = await loop.run_in_executor(None, self._start, index + 1)
+                await loop.run_in_executor(None, self._start, index)
 
-    def _stop_all(self) -> None:
-        for worker in self._workers:
-            if worker.is_alive():
-                worker.terminate()  # SIGTERM: aiohttp's graceful shutdown
-        for worker in self._workers:
-            worker.join(STOP_TIMEOUT)
-            if worker.is_alive():
-                log.error("API worker (pid %s) did not stop in %.0f s; killing it",
-                          worker.pid, STOP_TIMEOUT)
-                worker.kill()
-                worker.join()
+
+def _starter(conn: Connection, daemon_end: Connection, config: Config, daemon_pid: int) -> None:
+    """The starter process: forks workers on the daemon's request, reports on them,
+    stops them; stops them too when the daemon is gone (its end of `conn` closes)."""
+    daemon_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the daemon decides
+    fork = multiprocessing.get_context("fork")
+    workers: dict[int, multiprocessing.process.BaseProcess] = {}
+    try:
+        while True:
+            request = conn.recv()
+            if request[0] == "start":
+                _, index, port, status_path = request
+                worker = fork.Process(
+                    target=_worker, name=f"auditor-api-{index}",
+                    args=(conn, config, port, daemon_pid, status_path),
+                )
+                worker.start()
+                workers[index] = worker
+                conn.send(worker.pid)
+            elif request[0] == "status":
+                conn.send({index: (w.pid, w.is_alive(), w.exitcode)
+                           for index, w in workers.items()})
+            elif request[0] == "stop":
+                _stop(workers.values())
+                conn.send(None)
+                return
+    except (EOFError, OSError):  # the daemon is gone
+        _stop(workers.values())
+
+
+def _stop(workers: Iterable[multiprocessing.process.BaseProcess]) -> None:
+    workers = list(workers)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()  # SIGTERM: aiohttp's graceful shutdown
+    for worker in workers:
+        worker.join(STOP_TIMEOUT)
+        if worker.is_alive():
+            log.error("API worker (pid %s) did not stop in %.0f s; killing it",
+                      worker.pid, STOP_TIMEOUT)
+            worker.kill()
+            worker.join()
+
+
+def _worker(starter_conn: Connection, config: Config, port: int, daemon_pid: int,
+            status_path: Path | None) -> None:
+    # The starter's end of the pipe is not the worker's: holding it open would hide
+    # the starter's exit from the daemon.
+    starter_conn.close()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    serve_worker(config, port, daemon_pid, status_path)
 
 
 def serve_worker(config: Config, port: int, daemon_pid: int, status_path: Path | None) -> None:
@@ -248,8 +321,9 @@ def serve_worker(config: Config, port: int, daemon_pid: int, status_path: Path |
 
 
 def _stop_with_daemon(daemon_pid: int) -> Any:
-    """Stop gracefully once the daemon is gone: the fork server that started this
-    worker exits with the daemon, and the worker is handed to another parent."""
+    """Stop gracefully once the daemon is gone: the starter that forked this worker
+    stops its workers and exits when the daemon does; this is for a starter that
+    was killed too."""
     parent = os.getppid()
 
     async def watch(_app: Any) -> AsyncIterator[None]:

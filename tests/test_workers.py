@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -225,15 +227,35 @@ def test_a_worker_that_dies_is_replaced_and_every_process_stops_with_the_daemon(
         assert listening_pids(port) == set()
 
 
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.add(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
 def test_workers_stop_by_themselves_when_the_daemon_is_killed(tmp_path: Path) -> None:
     port = free_port()
     config = workers_config(tmp_path, port)
     with running_daemon(config, port) as daemon:
         (worker,) = wait_for_listeners(port, 2) - {daemon.pid}
+        under = descendants(daemon.pid)
+        assert worker in under and len(under) == 2  # the worker and the starter that forked it
         daemon.kill()
         daemon.wait(timeout=10)
-        assert gone(worker), "the worker outlived its daemon"
-    assert "the daemon (pid" in (tmp_path / "daemon.log").read_text()
+        for pid in under:
+            assert gone(pid), f"process {pid} outlived its daemon"
 
 
 def test_the_status_file_round_trips_and_goes_stale(tmp_path: Path) -> None:
@@ -249,3 +271,27 @@ def test_the_status_file_round_trips_and_goes_stale(tmp_path: Path) -> None:
     old = time.time() - STALE_AFTER - 10
     os.utime(status.path, (old, old))
     assert status.stale() == f"no capture status from the daemon for {STALE_AFTER + 10:.0f} s"
+
+
+def test_when_the_starter_is_killed_its_worker_stops_and_the_daemon_serves_on(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = workers_config(tmp_path, port)
+    with running_daemon(config, port) as daemon:
+        (worker,) = wait_for_listeners(port, 2) - {daemon.pid}
+        (starter,) = descendants(daemon.pid) - {worker}
+        os.kill(starter, signal.SIGKILL)
+        assert gone(worker), "the worker outlived the starter that forked it"
+        assert wait_for_listeners(port, 1) == {daemon.pid}
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).close()
+            except urllib.error.HTTPError as error:
+                assert json.loads(error.read())["errors"] == [
+                    {"field": "workers", "message": "0 of 1 API workers running"}]
+                break
+            assert time.monotonic() < deadline, "/readyz did not report the missing worker"
+            time.sleep(0.2)
+        assert "the API workers' starter process is gone" in (tmp_path / "daemon.log").read_text()
