@@ -43,12 +43,13 @@ from bench.common import (
 )
 
 
-def _setup(directory: Path, tag: str) -> tuple[Path, Path, int]:
+def _setup(directory: Path, tag: str, workers: int = 1) -> tuple[Path, Path, int]:
     billing = billing_db(directory / f"{tag}-billing.db")
     seed_customers(billing)
     port = free_port()
     config = write_config(directory, f"sqlite:///{directory / f'{tag}-audit.db'}",
-                          billing=billing, port=port)
+                          billing=billing, port=port, workers=workers,
+                          name=f"{tag}-config.yaml")
     install_auditor(config)
     return billing, config, port
 
@@ -284,9 +285,10 @@ def memory(quick: bool) -> Result:
     peaks: dict[int, float] = {}
     idle: dict[int, float] = {}
     rates: dict[int, float] = {}
+    tree_peak: list[tuple[int, int, int]] = []  # with server.workers: 2
     with workdir("mem") as directory:
-        for size in sizes:
-            billing, config, port = _setup(directory, f"m{size}")
+        for size, workers in [(size, 1) for size in sizes] + [(sizes[1], 2)]:
+            billing, config, port = _setup(directory, f"m{size}w{workers}", workers)
             daemon = Daemon(config, port)
             stop = threading.Event()
             queries = [0]
@@ -305,7 +307,8 @@ def memory(quick: bool) -> Result:
 
             try:
                 time.sleep(1)
-                idle[size] = daemon.rss_kb()[0] / 1024
+                if workers == 1:
+                    idle[size] = daemon.rss_kb()[0] / 1024
                 # The backlog is written while the daemon already runs: it drains as it goes.
                 t0 = time.monotonic()
                 make_backlog(billing, size)
@@ -316,10 +319,15 @@ def memory(quick: bool) -> Result:
                     stored, _ = _head(daemon, billing)
                     if stored >= size and shadow_count(billing) <= 1:
                         break
+                    if workers > 1:
+                        tree_peak.append(daemon.tree_memory_kb())
                     time.sleep(0.5)
-                rates[size] = size / (time.monotonic() - t0)
                 stop.set()
                 thread.join()
+                if workers > 1:
+                    tree_peak.append(daemon.tree_memory_kb())
+                    continue
+                rates[size] = size / (time.monotonic() - t0)
                 peaks[size] = daemon.rss_kb()[1] / 1024
             finally:
                 stop.set()
@@ -337,6 +345,17 @@ def memory(quick: bool) -> Result:
         size=("quick: " if quick else "") + f"{small:,} and {large:,} changes",
         note=f"drain rate through the running daemon (writing the backlog included) "
              f"{rates[large]:,.0f} changes/s",
+    ))
+    processes, rss, pss = max(tree_peak, key=lambda sample: sample[2])
+    result.figures.append(Figure(
+        f"daemon with server.workers: 2, peak PSS, {large:,}-change backlog + queries",
+        pss / 1024, "MB", "≤ 150 MB", pss / 1024 <= 150,
+        reference=f"the daemon alone (server.workers: 1) peak RSS {peaks[large]:.0f} MB",
+        reference_value=peaks[large], ratio=pss / 1024 / peaks[large],
+        size=("quick: " if quick else "") + f"{large:,} changes",
+        note=f"{processes} processes (the daemon, its API worker and the starter that forks "
+             f"it), sampled every 0.5 s: PSS counts each shared page once in all; their RSS "
+             f"summed at that moment {rss / 1024:.0f} MB",
     ))
     plot_bars("memory", result.title, "MB", {k: v for k, v in result.rounds.items()}, target=150)
     return result

@@ -166,12 +166,15 @@ def write_config(
     port: int = 0,
     batch_size: int = 1000,
     poll_interval: float = 1.0,
+    workers: int = 1,
+    name: str = "config.yaml",
 ) -> Path:
     text = f"""store:
   url: {store_url}
 server:
   host: 127.0.0.1
   port: {port}
+  workers: {workers}
 capture:
   poll_interval: {poll_interval}
   batch_size: {batch_size}
@@ -181,7 +184,7 @@ integrity:
 """
     if billing is not None:
         text += f"sources:\n  - name: billing\n    database: {billing}\n{TABLES_YAML}"
-    path = directory / "config.yaml"
+    path = directory / name
     path.write_text(text)
     return path
 
@@ -234,6 +237,34 @@ class Daemon:
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
         return rss, hwm
+
+    def tree_memory_kb(self) -> tuple[int, int, int]:
+        """(processes, summed VmRSS, summed PSS) in KiB over the daemon and every process
+        under it (with `server.workers`, its API workers and the starter that forks
+        them). PSS shares each page among the processes that map it: the fair sum."""
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        rss = pss = 0
+        for pid in tree:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        return len(tree), rss, pss
 
     def stop(self) -> None:
         if self.process.poll() is None:
