@@ -9,18 +9,18 @@ writer and reader, and their appends queue on the store's write lock
 tails follow the store (`storage.bus.EventBus.follow`), so a tail served by any
 process sees what every process stored.
 
-Why: one Python process serves `GET /v1/events` at about 2,000 requests/s on
-this 2-core machine with one core busy and the other 45 % idle (the GIL); two
-processes served 3,900-4,900 (BENCHMARKS.md).
+Why: one Python process serving `GET /v1/events` keeps one core of this 2-core
+machine busy and leaves the other 45 % idle (the GIL); two processes served
+1.7-1.9 times as many requests (BENCHMARKS.md).
 
 Workers are forked by a starter process that the daemon forks before it opens
 anything (`WorkerPool`): the running daemon has threads (the writer, capture)
 and open SQLite connections, which a fork would copy in whatever state they
-were in. A worker that exits is started again,
-`RESTART_DELAY` seconds later; the daemon's `/readyz` says so meanwhile. When the
-daemon stops it sends its workers SIGTERM (each drains its requests and writer,
-as the daemon does) and waits for them; a worker whose daemon is gone (SIGKILL)
-stops by itself within `PARENT_CHECK_SECONDS`.
+were in. A worker that exits is started again, `RESTART_DELAY` seconds later;
+the daemon's `/readyz` says so meanwhile. When the daemon stops, its workers get
+SIGTERM (each drains its requests and writer, as the daemon does) and it waits
+for them. When the daemon is killed, the starter stops the workers; when the
+starter is killed too, each worker stops by itself within `PARENT_CHECK_SECONDS`.
 
 Capture runs in the daemon only. Its status (what `/v1/streams`, `/readyz` and
 `/metrics` show about capture) reaches the workers through a small JSON file the
@@ -63,9 +63,7 @@ STOP_TIMEOUT = 30.0
 def listen_sockets(host: str, port: int) -> list[socket.socket]:
     """Listening sockets on every address of `host`, all on one port (the first's
     when `port` is 0), with SO_REUSEPORT so that other processes can listen too."""
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _name, address in dict.fromkeys(infos):
