@@ -34,7 +34,8 @@ class UsageError(Exception):
 def open_store(config: Config) -> AuditStore:
     url = make_url(config.store.url).render_as_string(hide_password=True)
     try:
-        store = AuditStore.open(config.store.url)
+        # With API workers, several processes append: they queue on the store's write lock.
+        store = AuditStore.open(config.store.url, shared=config.server.workers > 1)
     except StorageError as exc:
         raise UsageError(f"{config.path}: store.url: {exc} ({url})") from exc
     log.info("audit store ready at %s", url)

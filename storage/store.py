@@ -128,10 +128,11 @@ class AuditStore:
         self._commit_listeners: list[CommitListener] = []
 
     @classmethod
-    def open(cls, url: str) -> AuditStore:
-        """Connect and bring the schema up to date (Alembic `upgrade head`)."""
+    def open(cls, url: str, *, shared: bool = False) -> AuditStore:
+        """Connect and bring the schema up to date (Alembic `upgrade head`). `shared`:
+        other processes append to this store too (`storage.engine.WriteLock`)."""
         try:
-            engines = create_engines(url)
+            engines = create_engines(url, shared=shared)
             upgrade(engines.write)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open the audit store: {exc.__class__.__name__}") from exc

@@ -172,7 +172,7 @@ def test_page_reads_see_every_commit_on_every_thread(store: AuditStore, store_ur
 _HOLD_WRITE_LOCK = """
 import pathlib, sys, time
 from storage.engine import create_engines
-engines = create_engines(sys.argv[1])
+engines = create_engines(sys.argv[1], shared=True)
 with engines.exclusive():
     print("held", flush=True)
     time.sleep(0.5)
@@ -186,7 +186,7 @@ def test_a_sqlite_append_waits_for_the_write_lock_another_process_holds(tmp_path
     finding SQLite busy and sleeping; a process that holds it keeps every append out."""
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     released = tmp_path / "released"
-    store = AuditStore.open(url)
+    store = AuditStore.open(url, shared=True)
     with subprocess.Popen(
         [sys.executable, "-c", _HOLD_WRITE_LOCK, url, str(released)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
