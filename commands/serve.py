@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import make_url
+
 from commands.common import EXIT_OK, UsageError, log, open_store
 from config import Config
 from storage.store import AuditStore
@@ -54,6 +56,13 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     pool = None
     if config.server.workers > 1:
         from commands.workers import WorkerPool
+
+        url = make_url(config.store.url)
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise UsageError(
+                f"{config.path}: server.workers: {config.server.workers} processes cannot "
+                "share an in-memory store: give store.url a SQLite file or PostgreSQL"
+            )
 
         pool = WorkerPool(config, config.server.workers - 1)  # before any thread starts
     try:
@@ -129,8 +138,6 @@ def settle_collector() -> None:
 def attach_store_watch(app: Any, config: Config) -> None:
     """With API workers, wake the live tails' follower whenever the SQLite store's
     files are written (by any process), so a tail need not wait for its next read."""
-    from sqlalchemy.engine import make_url
-
     from cdc.watcher import DatabaseWatcher
     from web.keys import EVENT_BUS
 

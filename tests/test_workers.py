@@ -19,7 +19,7 @@ import yaml
 
 from commands.workers import STALE_AFTER, StatusFile
 from demo.simulator import create_schema
-from tests.daemon import free_port, running_daemon
+from tests.daemon import free_port, run_cli, running_daemon
 from tests.test_capture_live import DEMO_TABLES, get_json, simulate
 
 LISTEN, ESTABLISHED = "0A", "01"
@@ -295,3 +295,14 @@ def test_when_the_starter_is_killed_its_worker_stops_and_the_daemon_serves_on(
             assert time.monotonic() < deadline, "/readyz did not report the missing worker"
             time.sleep(0.2)
         assert "the API workers' starter process is gone" in (tmp_path / "daemon.log").read_text()
+
+
+def test_workers_cannot_share_an_in_memory_store(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "store": {"url": "sqlite:///:memory:"},
+        "server": {"host": "127.0.0.1", "port": free_port(), "workers": 2},
+    }))
+    result = run_cli(config=config)
+    assert result.returncode == 2
+    assert "server.workers: 2 processes cannot share an in-memory store" in result.stderr
