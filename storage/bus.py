@@ -216,19 +216,17 @@ class EventBus:
             self._wake.clear()
             if self._subscribers:
                 start = self._position
-                query = EventQuery(order="asc", after_pk=start, limit=FOLLOW_BATCH)
                 try:
-                    rows, more = await asyncio.to_thread(store.query_rows, query)
+                    items, more = await asyncio.to_thread(_read_after, store, start)
                 except SQLAlchemyError:  # a store outage must not end the tails' feed
                     log.warning("live tail: reading new events failed", exc_info=True)
-                    rows, more = [], None
+                    items, more = [], False
                 if self._position != start:  # a first subscriber re-anchored it meanwhile
                     continue
-                if rows:
-                    items = [Published(int(row[0]), row_to_event(row)) for row in rows]
+                if items:
                     self._position = items[-1].position
                     self._deliver(items)
-                    if more is not None:
+                    if more:
                         continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), FOLLOW_INTERVAL)
@@ -243,3 +241,10 @@ class EventBus:
                     "a live-tail subscriber fell %d events behind and was dropped",
                     self.max_queued,
                 )
+
+
+def _read_after(store: AuditStore, position: int) -> tuple[list[Published], bool]:
+    """Up to `FOLLOW_BATCH` stored events after `position`, oldest first, and whether
+    there are more."""
+    rows, more = store.query_rows(EventQuery(order="asc", after_pk=position, limit=FOLLOW_BATCH))
+    return [Published(int(row[0]), row_to_event(row)) for row in rows], more is not None
