@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,17 @@ def wait_for_listeners(
             return pids
         time.sleep(0.1)
     raise AssertionError(f"expected {count} processes listening on {port}, found {pids}")
+
+
+@contextlib.contextmanager
+def daemon_with_a_worker(
+    tmp_path: Path,
+) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """The daemon with `server.workers: 2`, once both listen: (daemon, port, worker pid)."""
+    port = free_port()
+    with running_daemon(workers_config(tmp_path, port), port) as daemon:
+        (worker,) = wait_for_listeners(port, 2) - {daemon.pid}
+        yield daemon, port, worker
 
 
 def gone(pid: int, within: float = 15) -> bool:
@@ -210,10 +224,7 @@ async def test_every_process_serves_and_every_tail_sees_what_any_process_stored(
 def test_a_worker_that_dies_is_replaced_and_every_process_stops_with_the_daemon(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    config = workers_config(tmp_path, port)
-    with running_daemon(config, port) as daemon:
-        (worker,) = wait_for_listeners(port, 2) - {daemon.pid}
+    with daemon_with_a_worker(tmp_path) as (daemon, port, worker):
         os.kill(worker, signal.SIGKILL)
         assert gone(worker)
         (replacement,) = wait_for_listeners(port, 2, not_in=frozenset({worker})) - {daemon.pid}
@@ -246,10 +257,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def test_workers_stop_by_themselves_when_the_daemon_is_killed(tmp_path: Path) -> None:
-    port = free_port()
-    config = workers_config(tmp_path, port)
-    with running_daemon(config, port) as daemon:
-        (worker,) = wait_for_listeners(port, 2) - {daemon.pid}
+    with daemon_with_a_worker(tmp_path) as (daemon, _port, worker):
         under = descendants(daemon.pid)
         assert worker in under and len(under) == 2  # the worker and the starter that forked it
         daemon.kill()
@@ -276,10 +284,7 @@ def test_the_status_file_round_trips_and_goes_stale(tmp_path: Path) -> None:
 def test_when_the_starter_is_killed_its_worker_stops_and_the_daemon_serves_on(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    config = workers_config(tmp_path, port)
-    with running_daemon(config, port) as daemon:
-        (worker,) = wait_for_listeners(port, 2) - {daemon.pid}
+    with daemon_with_a_worker(tmp_path) as (daemon, port, worker):
         (starter,) = descendants(daemon.pid) - {worker}
         os.kill(starter, signal.SIGKILL)
         assert gone(worker), "the worker outlived the starter that forked it"
