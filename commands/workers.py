@@ -11,7 +11,7 @@ process sees what every process stored.
 
 Why: one Python process serving `GET /v1/events` keeps one core of this 2-core
 machine busy and leaves the other 45 % idle (the GIL); two processes served
-1.7-1.9 times as many requests (BENCHMARKS.md).
+1.7-2.0 times as many requests (BENCHMARKS.md).
 
 Workers are forked by a starter process that the daemon forks before it opens
 anything (`WorkerPool`): the running daemon has threads (the writer, capture)
