@@ -136,6 +136,9 @@ class AuditStore:
             upgrade(engines.write)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open the audit store: {exc.__class__.__name__}") from exc
+        except OSError as exc:  # the SQLite file's folder cannot be made
+            reason = exc.strerror or exc.__class__.__name__
+            raise StorageError(f"cannot open the audit store: {reason}") from exc
         return cls(engines)
 
     @property

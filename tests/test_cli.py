@@ -42,6 +42,36 @@ def test_auditor_config_environment_variable_selects_the_file(tmp_path: Path) ->
     assert result.returncode == 2 and "store.nope" in result.stderr
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_store_that_cannot_be_made_exits_2_and_leaves_no_process(
+    tmp_path: Path, workers: int
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = write(tmp_path, {
+        "store": {"url": f"sqlite:///{blocker / 'audit.db'}"},
+        "server": {"port": free_port(), "workers": workers},
+    })
+    result = run_cli(config=config)
+    assert result.returncode == 2
+    # The folder to make is a file: the operating system's reason, and the URL.
+    assert "store.url: cannot open the audit store: File exists" in result.stderr
+    assert str(blocker / "audit.db") in result.stderr
+    assert "Traceback" not in result.stderr
+    # With workers, the starter was forked before the store was opened: it is gone too.
+    assert not [
+        entry for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and str(config) in _cmdline(entry)
+    ]
+
+
+def _cmdline(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
+
+
 def test_unknown_command_is_usage_error(tmp_path: Path) -> None:
     assert run_cli("frobnicate").returncode == 2
 
