@@ -141,8 +141,11 @@ def attach_store_watch(app: Any, config: Config) -> None:
     from cdc.watcher import DatabaseWatcher
     from web.keys import EVENT_BUS
 
-    database = make_url(config.store.url).database
-    if config.server.workers == 1 or not database or database == ":memory:":
+    url = make_url(config.store.url)
+    database = url.database
+    if config.server.workers == 1 or url.get_backend_name() != "sqlite":
+        return  # one process hears its own commits; PostgreSQL has no file to watch
+    if not database or database == ":memory:":
         return
 
     async def watch(app: Any) -> AsyncIterator[None]:

@@ -28,9 +28,11 @@ from tests.test_capture_live import DEMO_TABLES, get_json, simulate
 LISTEN, ESTABLISHED = "0A", "01"
 
 
-def workers_config(tmp_path: Path, port: int, workers: int = 2) -> Path:
+def workers_config(
+    tmp_path: Path, port: int, workers: int = 2, store_url: str = "sqlite:///audit.db"
+) -> Path:
     document = {
-        "store": {"url": "sqlite:///audit.db"},
+        "store": {"url": store_url},
         "server": {"host": "127.0.0.1", "port": port, "workers": workers},
         "capture": {"poll_interval": 1.0, "snapshot": False},
         "sources": [{"name": "billing", "database": "billing.db", "tables": DEMO_TABLES}],
@@ -168,10 +170,12 @@ async def read_ids(response: Any, count: int, within: float = 30) -> list[str]:
 
 
 async def test_every_process_serves_and_every_tail_sees_what_any_process_stored(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
+    """On SQLite the tails are woken by the store's file events, on PostgreSQL by
+    their periodic read: both must deliver everything, in order."""
     port = free_port()
-    config = workers_config(tmp_path, port)
+    config = workers_config(tmp_path, port, store_url=store_url)
     base = f"http://127.0.0.1:{port}"
     with running_daemon(config, port) as daemon:
         processes = wait_for_listeners(port, 2)
