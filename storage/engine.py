@@ -3,8 +3,9 @@
 SQLite gets two engines on the same file: writes start with `BEGIN IMMEDIATE`
 (they take the write lock up front instead of failing to upgrade a read lock
 half way through), reads with a plain deferred `BEGIN`, so a long read never
-blocks the writer under WAL; every write transaction is taken under
-`Engines.exclusive()` (`WriteLock`). PostgreSQL uses one pooled engine for both.
+blocks the writer under WAL; when other processes append to the same file, every
+write transaction is taken under `Engines.exclusive()` (`WriteLock`). PostgreSQL
+uses one pooled engine for both.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class StatementReader:
 
 class WriteLock:
     """One write transaction at a time on a SQLite store file, across the threads of
-    this process and across processes (the API workers of `server.workers`, a second
-    daemon, a command), handed over by the kernel the moment it is released.
+    this process and across the processes that open the store `shared` (the daemon
+    and API workers of `server.workers`, and commands run with that config), handed
+    over by the kernel the moment it is released.
 
     SQLite serialises writers by itself, but a writer that finds the file locked
     sleeps in its busy handler (1, 2, 5, 10, … ms) and tries again: two processes
@@ -128,7 +130,7 @@ class Engines:
     statements: StatementReader | None = None
     """SQLite files only: plain per-thread connections for single-statement reads."""
     write_lock: WriteLock | None = None
-    """SQLite files only: taken around every write transaction (`exclusive`)."""
+    """SQLite files opened `shared` only: taken around every write transaction."""
 
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Hold around a write transaction: the store file's `WriteLock` (SQLite
