@@ -189,6 +189,8 @@ class EventBus:
         if self._followed is not None and not self._subscribers:
             # Nobody listened, so nothing was read: start from the head. A tail
             # replays from the store after subscribing, which covers what is older.
+            # Read here, on the loop, so that no commit falls between this and the
+            # tail's replay (on PostgreSQL: one round trip, once per first subscriber).
             self._position = self._followed.last_position()
         self._subscribers.add(subscription)
         try:
