@@ -24,7 +24,25 @@ def add_parsers(sub: Any) -> None:
         metavar="FILE",
         help="also check against this checkpoint (a saved GET /v1/checkpoints/latest body)",
     )
+    verify.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=len(os.sched_getaffinity(0)),
+        metavar="N",
+        help="processes that check a long stream's events at once (default: the CPUs this "
+        "process may use; 1: a single pass in this process)",
+    )
     verify.set_defaults(handler=cmd_verify)
+
+
+def _jobs(value: str) -> int:
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= 256:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 256, not {value!r}")
+    return jobs
 
 
 def _add_export_parser(sub: Any) -> None:
@@ -90,6 +108,7 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
             config.integrity.key_file,
             stream=args.stream,
             checkpoint_file=Path(args.checkpoint) if args.checkpoint else None,
+            jobs=args.jobs,
             out=sys.stdout,
             err=sys.stderr,
         )

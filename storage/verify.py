@@ -3,7 +3,9 @@
 One pass per stream in `seq` order, a page of rows at a time, inside one read
 transaction (a consistent snapshot: REPEATABLE READ on PostgreSQL, one read
 transaction on SQLite), with memory bounded by the page size plus O(log n).
-For each event:
+With `jobs` > 1 a long stream's events are checked in chunks by worker
+processes instead (`storage.verify_chunks`); the checks and their order are the
+same. For each event (`storage.verify_scan`, the hot loop):
 
 1. `seq` continues 1, 2, 3…: a gap is a *removed* event, a repeated seq or one
    past the stream's head an *inserted* one;
@@ -37,22 +39,21 @@ who can write the database and also holds the key file can rewrite anything.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Engine, select
 
 from storage import merkle
-from storage.canonical import canonical_fields
 from storage.checkpoints import Checkpoint, stream_checkpoints
-from storage.events import format_time, second_text
+from storage.events import format_time
 from storage.schema import checkpoints, events, streams
 from storage.signing import PublicKey
 from storage.store import AuditStore
+from storage.verify_chunks import CHUNK_LEVEL, Chunk, ChunkPool, can_fork, export_snapshot
 from storage.verify_rows import (
     ALTERED,
     BAD_SIGNATURE,
@@ -67,11 +68,11 @@ from storage.verify_rows import (
     StoredNodes,
     event_at,
     events_sql,
-    mismatch_problem,
     node_problem,
     payload_problem,
     position_problem,
 )
+from storage.verify_scan import EventScan, Progress
 
 __all__ = [
     "ALTERED",
@@ -89,11 +90,7 @@ __all__ = [
     "verify_store",
 ]
 
-REDACTION_ACTION = "audit_event.redacted"
-REDACTION_ENTITY = "audit_event"
 PAGE = 20_000
-
-Progress = Callable[[int], None]
 
 
 class NoVerificationKey(Exception):
@@ -161,20 +158,28 @@ def verify_store(
     extra_label: str = "the saved checkpoint",
     page: int = PAGE,
     progress: Progress | None = None,
+    jobs: int = 1,
+    chunk_level: int = CHUNK_LEVEL,
 ) -> list[StreamResult]:
     """Check `stream` (default: every stream) against its events, tree and checkpoints.
 
     `keys` maps key ids to the public keys whose checkpoints are trusted; None
     means no key is at hand (`NoVerificationKey` if a checkpoint needs one).
+    With `jobs` > 1, a stream of at least two chunks of 2**`chunk_level` events
+    is checked by `jobs` forked worker processes (`storage.verify_chunks`), with
+    the same findings; the caller must be able to fork (a command, not a server).
     """
-    with snapshot(store.engines.read) as conn:
+    with snapshot(store.engines.read) as conn, ExitStack() as cleanup:
         names = [stream] if stream is not None else stream_names(conn)
         if extra is not None and extra.stream not in names and stream is None:
             names.append(extra.stream)
+        chunking = None
+        if jobs > 1 and can_fork(store.engines.read):
+            chunking = _Chunking(store.engines.read, conn, jobs, chunk_level, cleanup)
         results = []
         for name in sorted(names):
             extras = [_Pending(extra, extra_label)] if extra and extra.stream == name else []
-            check = _StreamCheck(conn, name, keys, extras, page, progress)
+            check = _StreamCheck(conn, name, keys, extras, page, progress, chunking)
             try:
                 results.append(check.run())
             except (TypeError, ValueError, OverflowError) as exc:
@@ -183,6 +188,25 @@ def verify_store(
                 problem = Finding(ALTERED, f"a stored value has an impossible type or form: {exc}")
                 results.append(StreamResult(name, 0, check.checkpoints, problem))
         return results
+
+
+class _Chunking:
+    """How streams are cut into chunks, and the worker processes, started at the
+    first stream long enough to need them."""
+
+    def __init__(
+        self, engine: Engine, conn: Connection, jobs: int, level: int, cleanup: ExitStack
+    ) -> None:
+        self.level = level
+        self._engine, self._conn, self._jobs, self._cleanup = engine, conn, jobs, cleanup
+        self._pool: ChunkPool | None = None
+
+    @property
+    def pool(self) -> ChunkPool:
+        if self._pool is None:
+            self._pool = ChunkPool(self._engine, self._jobs, export_snapshot(self._conn))
+            self._cleanup.callback(self._pool.close)
+        return self._pool
 
 
 def stream_names(conn: Connection) -> list[str]:
@@ -220,16 +244,20 @@ class _StreamCheck:
         extras: list[_Pending],
         page: int,
         progress: Progress | None,
+        chunks: _Chunking | None = None,
     ) -> None:
         self.conn = conn
         self.stream = stream
         self.keys = keys
         self.page = page
         self.progress = progress
+        self.chunking = chunks
+        self.extras = extras
         stored = (_Pending(cp, "the stored checkpoint") for cp in stream_checkpoints(conn, stream))
         self.pending: Iterator[_Pending] = heapq.merge(
             stored, sorted(extras, key=lambda p: p.checkpoint.size), key=lambda p: p.checkpoint.size
         )
+        self.upcoming: _Pending | None = None
         self.checkpoints = 0
         self.good_size = 0
         """The size of the newest checkpoint whose root matched."""
@@ -242,123 +270,149 @@ class _StreamCheck:
             select(streams.c.head_seq, streams.c.head_hash).where(streams.c.name == self.stream)
         ).first()
         head_seq = int(head.head_seq) if head is not None else None
-        stream, conn, page = self.stream, self.conn, self.page
-        events_from = DriverQuery(
-            conn,
-            events_sql(
-                conn.dialect.name, "stream = :stream AND seq >= :seq ORDER BY seq, pk LIMIT :limit"
-            ),
+        nodes = StoredNodes(self.conn, self.stream, self.page)
+        self.upcoming = next(self.pending, None)
+        problem, next_size = self.reach(0, [])
+        if problem:
+            return self.result(0, problem)
+        chunking = self.chunking
+        if chunking is not None and head_seq is not None and head_seq >= 2 << chunking.level:
+            return self.run_chunks(chunking, head, head_seq, nodes)
+        scan = EventScan(self.conn, self.stream, self.page, head_seq)
+        problem = scan.run(
+            nodes,
+            first_seq=0,
+            last_seq=None,
+            next_stop=next_size,
+            at_stop=self.reach,
+            progress=self.progress,
         )
-        nodes = StoredNodes(conn, stream, page)
+        if problem:
+            return self.result(scan.size, problem)
+        end = self.check_end(scan.size, scan.frontier, head, scan.redacted, nodes)
+        return self.result(scan.size, end)
+
+    def reach(self, size: int, frontier: list[bytes]) -> tuple[Finding | None, int]:
+        """Check every checkpoint of `size` (the first `size` events folded into
+        `frontier`); return a problem, and the next checkpoint's size (-1: none)."""
+        root = None
+        upcoming = self.upcoming
+        while upcoming is not None and upcoming.checkpoint.size == size:
+            if root is None:
+                root = merkle.root_from_subtrees(frontier)
+            problem = self.check_checkpoint(upcoming, root)
+            if problem:
+                return problem, -1
+            upcoming = self.upcoming = next(self.pending, None)
+        return None, upcoming.checkpoint.size if upcoming is not None else -1
+
+    def run_chunks(
+        self, chunking: _Chunking, head: Row, head_seq: int, nodes: StoredNodes
+    ) -> StreamResult:
+        """`run`, the events checked by `chunking`'s workers a chunk each (see
+        `storage.verify_chunks`): here the chunk roots are folded, the nodes above
+        the chunk level and the checkpoints checked, in seq order."""
+        level = chunking.level
+        outer: list[bytes] = []
+        """The perfect subtrees of whole chunks, largest first."""
         frontier: list[bytes] = []
-        size = 0
         redacted: dict[str, tuple[int, str]] = {}
-        upcoming = next(self.pending, None)
-        while upcoming is not None and upcoming.checkpoint.size == 0:
-            problem = self.check_checkpoint(upcoming, merkle.EMPTY_ROOT)
+        size = 0
+        for chunk, found in chunking.pool.check(self.chunks(level, head_seq)):
+            for stop, inner in found.stops:
+                problem, _ = self.reach(stop, outer + inner)
+                if problem:
+                    return self.result(stop, problem)
+            for target in found.targets:
+                redacted.pop(target, None)
+            redacted.update(found.redacted)
+            if self.progress is not None and found.size > chunk.first:
+                self.progress(found.size - chunk.first)
+            if found.problem is not None:
+                return self.result(found.size, found.problem)
+            size = found.size
+            if size < chunk.last:
+                # Events are missing: the row after them, read below, says which.
+                frontier = outer + found.frontier
+                break
+            if size - chunk.first == 1 << level:
+                problem = self.fold_chunk(
+                    outer, found.frontier[0], chunk.first >> level, level, nodes
+                )
+                if problem:
+                    return self.result(size - 1, problem)
+                frontier = outer
+            else:
+                frontier = outer + found.frontier
+            problem, _ = self.reach(size, frontier)
             if problem:
                 return self.result(size, problem)
-            upcoming = next(self.pending, None)
-        buffers = nodes.buffers
-        next_size = upcoming.checkpoint.size if upcoming is not None else -1
-        last_seq, last_pk = 0, -1
-        last_second, text = None, ""
-        while True:
-            rows = events_from.rows({"stream": stream, "seq": last_seq, "limit": page})
-            fresh = 0
-            for row in rows:
-                (
-                    pk,
-                    seq,
-                    event_id,
-                    entity,
-                    entity_id,
-                    event_type,
-                    action,
-                    properties,
-                    actor_id,
-                    actor_name,
-                    actor_ip,
-                    occurred_at,
-                    payload,
-                    digest,
-                    stored_hash,
-                    is_redacted,
-                ) = row
-                if seq == last_seq and pk <= last_pk:
-                    continue
-                fresh += 1
-                last_seq, last_pk = seq, pk
-                if seq != size + 1 or (head_seq is not None and seq > head_seq):
-                    return self.result(
-                        size, position_problem(EventRow._make(row), size + 1, head_seq)
-                    )
-                if payload is not None:
-                    if sha256(payload).hexdigest() != digest:
-                        return self.result(size, payload_problem(EventRow._make(row)))
-                elif is_redacted:
-                    redacted[event_id] = (seq, event_id)
-                else:
-                    return self.result(size, payload_problem(EventRow._make(row)))
-                try:
-                    second = occurred_at // 1000
-                    if second != last_second:
-                        text, last_second = second_text(second), second
-                    canonical = canonical_fields(
-                        event_id=event_id,
-                        stream=stream,
-                        seq=seq,
-                        entity=entity,
-                        entity_id=entity_id,
-                        event_type=event_type,
-                        action=action,
-                        properties=orjson.loads(properties),
-                        actor_id=actor_id,
-                        actor_name=actor_name,
-                        actor_ip=actor_ip,
-                        occurred_at=f"{text}{occurred_at % 1000:03d}Z",
-                        payload_digest=digest,
-                    )
-                except (ValueError, TypeError, OverflowError):
-                    return self.result(
-                        size, Finding(ALTERED, "its stored values are malformed", seq, event_id)
-                    )
-                leaf = sha256(b"\x00" + canonical).digest()
-                if leaf.hex() != stored_hash:
-                    return self.result(
-                        size, mismatch_problem(conn, stream, EventRow._make(row), head_seq)
-                    )
-                if action == REDACTION_ACTION and entity == REDACTION_ENTITY:
-                    redacted.pop(entity_id, None)
-                # The fold of merkle.Frontier.append, inline: each node it completes
-                # is compared with the stored one.
-                position = size
-                current = leaf
-                level = 0
-                while position & 1:
-                    current = sha256(b"\x01" + frontier.pop() + current).digest()
-                    position >>= 1
-                    level += 1
-                    buffer = buffers[level] or nodes.refill(level)
-                    stored = buffer.popleft() if buffer else None
-                    if stored is None or stored[0] != position or stored[1] != current:
-                        return self.result(
-                            size, node_problem(conn, stream, level, position, stored)
-                        )
-                frontier.append(current)
-                size += 1
-                while size == next_size:
-                    assert upcoming is not None
-                    problem = self.check_checkpoint(upcoming, merkle.root_from_subtrees(frontier))
-                    if problem:
-                        return self.result(size, problem)
-                    upcoming = next(self.pending, None)
-                    next_size = upcoming.checkpoint.size if upcoming is not None else -1
-            if self.progress is not None and fresh:
-                self.progress(fresh)
-            if len(rows) < page or not fresh:
-                break
-        return self.result(size, self.check_end(size, frontier, head, redacted, upcoming, nodes))
+        following = DriverQuery(
+            self.conn,
+            events_sql(
+                self.conn.dialect.name, "stream = :stream AND seq > :seq ORDER BY seq, pk LIMIT 1"
+            ),
+        ).rows({"stream": self.stream, "seq": size})
+        if following:
+            return self.result(
+                size, position_problem(EventRow._make(following[0]), size + 1, head_seq)
+            )
+        problem = self.settle_redactions(redacted)
+        if problem:
+            return self.result(problem.seq - 1 if problem.seq else size, problem)
+        return self.result(size, self.check_end(size, frontier, head, redacted, nodes))
+
+    def chunks(self, level: int, head_seq: int) -> Iterator[Chunk]:
+        span = 1 << level
+        for first in range(0, head_seq, span):
+            last = min(first + span, head_seq)
+            yield Chunk(
+                self.stream, first, last, level, head_seq, self.stop_sizes(first, last), self.page
+            )
+
+    def stop_sizes(self, after: int, before: int) -> tuple[int, ...]:
+        """The checkpoint sizes strictly between `after` and `before`, stored or extra."""
+        stored = self.conn.execute(
+            select(checkpoints.c.size)
+            .where(
+                checkpoints.c.stream == self.stream,
+                checkpoints.c.size > after,
+                checkpoints.c.size < before,
+            )
+            .distinct()
+        ).scalars()
+        sizes = {int(size) for size in stored}
+        sizes.update(p.checkpoint.size for p in self.extras if after < p.checkpoint.size < before)
+        return tuple(sorted(sizes))
+
+    def fold_chunk(
+        self, outer: list[bytes], root: bytes, index: int, level: int, nodes: StoredNodes
+    ) -> Finding | None:
+        """Fold a whole chunk's root (node `index` of `level`) into `outer`, as
+        `EventScan` folds a leaf, comparing each node it completes with the stored one."""
+        position, current = index, root
+        while position & 1:
+            current = sha256(b"\x01" + outer.pop() + current).digest()
+            position >>= 1
+            level += 1
+            buffer = nodes.buffers[level] or nodes.refill(level)
+            stored = buffer.popleft() if buffer else None
+            if stored is None or stored[0] != position or stored[1] != current:
+                return node_problem(self.conn, self.stream, level, position, stored)
+        outer.append(current)
+        return None
+
+    def settle_redactions(self, redacted: dict[str, tuple[int, str]]) -> Finding | None:
+        """Drop the erased events a worker saw that are not erased in this snapshot
+        (SQLite: a redaction committed after it began), once their payload is checked."""
+        for event_id, (seq, _) in sorted(redacted.items(), key=lambda item: item[1]):
+            row = event_at(self.conn, self.stream, seq)
+            if row is None or row.id != event_id or row.payload is None:
+                continue
+            if sha256(row.payload).hexdigest() != row.payload_digest:
+                return payload_problem(row)
+            del redacted[event_id]
+        return None
 
     def signature_problem(self, pending: _Pending) -> Finding | None:
         """None when the checkpoint is signed by a trusted key over exactly its values."""
@@ -413,9 +467,9 @@ class _StreamCheck:
         frontier: list[bytes],
         head: Row | None,
         redacted: dict[str, tuple[int, str]],
-        upcoming: _Pending | None,
         nodes: StoredNodes,
     ) -> Finding | None:
+        upcoming = self.upcoming
         if redacted:
             seq, event_id = min(redacted.values())
             return Finding(

@@ -1,4 +1,4 @@
-"""`run_daemon.py verify [--stream S] [--checkpoint FILE]`: one line per stream, exit 0 or 1.
+"""`run_daemon.py verify [--stream S] [--checkpoint FILE] [--jobs N]`: a line per stream.
 
 The public key comes from `integrity.key_file` (never created here). Without
 that file a store that has checkpoints cannot be checked: that is bad
@@ -34,6 +34,7 @@ def run_verify(
     *,
     stream: str | None,
     checkpoint_file: Path | None,
+    jobs: int = 1,
     out: TextIO,
     err: TextIO,
 ) -> int:
@@ -61,6 +62,7 @@ def run_verify(
                 extra=extra,
                 extra_label=f"the checkpoint in {checkpoint_file}",
                 progress=bar.update,
+                jobs=jobs,
             )
     except NoVerificationKey as exc:
         raise VerifyUsageError(

@@ -113,13 +113,14 @@ class StoredNodes:
     it directly and calls `refill` when it runs dry.
     """
 
-    def __init__(self, conn: Connection, stream: str, page: int) -> None:
+    def __init__(self, conn: Connection, stream: str, page: int, *, first_leaf: int = 0) -> None:
+        """Nodes from those over leaf `first_leaf` (0-based) on, at every level."""
         self._conn = conn
         self._nodes_from = DriverQuery(conn, NODES_FROM)
         self._stream = stream
         self._page = page
         self.buffers: list[deque[tuple[int, bytes]]] = [deque() for _ in range(65)]
-        self._next_index = [0] * 65
+        self._next_index = [first_leaf >> level for level in range(65)]
 
     def refill(self, level: int) -> deque[tuple[int, bytes]]:
         rows = self._nodes_from.rows(

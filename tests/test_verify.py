@@ -2,11 +2,16 @@
 
 Each test tampers the way an attacker with the database (but not the key)
 would, and checks that verification fails naming the right kind, seq and id.
+Every test runs twice: in one pass, and cut into chunks of two events checked
+by two forked worker processes (`storage.verify_chunks`), which must find the
+same first problem.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,16 +55,35 @@ def checkpointer(store: AuditStore, key: SigningKey) -> Checkpointer:
     return Checkpointer(store, key)
 
 
+IN_CHUNKS = {"jobs": 2, "chunk_level": 1}
+"""Chunks of 2 events: a stream of 4 or more is checked by the workers."""
+_how: dict[str, int] = {}
+
+
+@pytest.fixture(autouse=True, params=["in one pass", "in chunks"])
+def how(request: pytest.FixtureRequest) -> Iterator[None]:
+    _how.update(IN_CHUNKS if request.param == "in chunks" else {})
+    yield
+    _how.clear()
+
+
+def verify(
+    store: AuditStore, keys: dict[str, PublicKey] | None, **options: Any
+) -> list[StreamResult]:
+    """`verify_store` in this run's way (`how`)."""
+    return verify_store(store, keys, **{**_how, **options})
+
+
 def keys_of(key: SigningKey) -> dict[str, PublicKey]:
     return {key.public.key_id: key.public}
 
 
-def check(store: AuditStore, key: SigningKey, **options: object) -> StreamResult:
-    results = verify_store(store, keys_of(key), stream="api", page=7, **options)  # type: ignore[arg-type]
+def check(store: AuditStore, key: SigningKey, **options: Any) -> StreamResult:
+    results = verify(store, keys_of(key), stream="api", page=7, **options)
     return results[0]
 
 
-def problem(store: AuditStore, key: SigningKey, **options: object) -> Finding:
+def problem(store: AuditStore, key: SigningKey, **options: Any) -> Finding:
     result = check(store, key, **options)
     assert result.problem is not None, "verification passed on a tampered store"
     return result.problem
@@ -74,7 +98,7 @@ def test_intact_store_verifies_every_stream_and_checkpoint(
     fill(store, 17, start=9)
     checkpointer.sign_moved()
     fill(store, 3, start=26)
-    results = verify_store(store, keys_of(key), page=5)
+    results = verify(store, keys_of(key), page=5)
     assert [(r.stream, r.ok, r.checked, r.checkpoints) for r in results] == [
         ("api", True, 29, 2),
         ("billing", True, 4, 1),
@@ -83,7 +107,7 @@ def test_intact_store_verifies_every_stream_and_checkpoint(
 
 
 def test_an_empty_store_is_intact(store: AuditStore, key: SigningKey) -> None:
-    assert verify_store(store, keys_of(key)) == []
+    assert verify(store, keys_of(key)) == []
 
 
 @pytest.mark.parametrize(
@@ -279,7 +303,7 @@ def test_checkpoints_need_a_key(store: AuditStore, checkpointer: Checkpointer) -
     fill(store, 3)
     checkpointer.sign_moved()
     with pytest.raises(NoVerificationKey):
-        verify_store(store, None)
+        verify(store, None)
 
 
 def test_an_altered_merkle_node_or_head_is_caught(store: AuditStore, key: SigningKey) -> None:
@@ -357,3 +381,44 @@ def test_values_of_the_wrong_type_are_tampering_not_a_crash(
         assert found.kind == ALTERED
     finally:
         store.close()
+
+
+def test_a_long_stream_is_checked_by_the_workers_a_chunk_at_a_time(
+    store: AuditStore, key: SigningKey, checkpointer: Checkpointer
+) -> None:
+    fill(store, 13)
+    checkpointer.sign_moved()
+    fill(store, 16, start=13)
+    checkpointer.sign_moved()
+    done: list[int] = []
+    results = verify_store(store, keys_of(key), page=3, progress=done.append, jobs=2, chunk_level=3)
+    # One pass reports a page (3 events) at a time; the workers a chunk (8) at a time.
+    assert done == [8, 8, 8, 5]
+    assert [(r.stream, r.ok, r.checked, r.checkpoints) for r in results] == [("api", True, 29, 2)]
+
+
+def test_workers_see_one_state_of_the_store_while_it_changes(
+    store: AuditStore, key: SigningKey, checkpointer: Checkpointer
+) -> None:
+    # Stream "a" is short (checked in this process) and "b" long (by the workers,
+    # started when "b" is reached). Between the two, "b" changes: an event is redacted
+    # and events are appended. The check must see "b" as it was when verify began.
+    fill(store, 2, stream="a")
+    stored = fill(store, 20, stream="b")
+    checkpointer.sign_moved()
+    note = new_event(
+        99, "b", entity="audit_event", entity_id=stored[5].id, action="audit_event.redacted"
+    )
+    changed: list[bool] = []
+
+    def change_b(_: int) -> None:
+        if not changed:
+            changed.append(True)
+            assert store.redact(stored[5].id, note) is not None
+            fill(store, 3, stream="b", start=20)
+
+    results = verify_store(store, keys_of(key), progress=change_b, jobs=2, chunk_level=2)
+    assert changed
+    assert [(r.stream, r.ok, r.checked) for r in results] == [("a", True, 2), ("b", True, 20)]
+    results = verify_store(store, keys_of(key), jobs=2, chunk_level=2)
+    assert [(r.stream, r.ok, r.checked) for r in results] == [("a", True, 2), ("b", True, 24)]

@@ -11,11 +11,13 @@ import pytest
 
 from config import Config, load_config
 from storage.checkpoints import Checkpoint, Checkpointer
+from storage.events import AuditEvent
 from storage.signing import load_or_create_key
-from storage.store import AuditStore
+from storage.store import AppendRequest, AuditStore
+from storage.verify_chunks import CHUNK_LEVEL
 from tests.conftest import write_config
 from tests.daemon import free_port, run_cli, running_daemon
-from tests.tamper import execute, fill, rebuild_tree, set_column
+from tests.tamper import execute, fill, new_event, rebuild_tree, set_column
 
 
 @pytest.fixture
@@ -79,6 +81,9 @@ def test_usage_errors_exit_2(setup: tuple[Path, Config, AuditStore], tmp_path: P
     checkpoint = sign(config, store)
     assert run_cli("verify", "--stream", "nope", config=path).returncode == 2
     assert run_cli("verify", "--bogus", config=path).returncode == 2
+    for jobs in ("0", "many"):
+        wrong = run_cli("verify", "--jobs", jobs, config=path)
+        assert wrong.returncode == 2 and "--jobs" in wrong.stderr
     missing = run_cli("verify", "--checkpoint", str(tmp_path / "missing.json"), config=path)
     assert missing.returncode == 2 and "missing.json" in missing.stderr
     (tmp_path / "bad.json").write_text('{"stream": "api"}')
@@ -97,6 +102,33 @@ def test_usage_errors_exit_2(setup: tuple[Path, Config, AuditStore], tmp_path: P
     config.integrity.key_file.unlink()
     keyless = run_cli("verify", config=path)
     assert keyless.returncode == 2 and "does not exist" in keyless.stderr
+
+
+def test_a_long_stream_gives_one_verdict_in_one_process_or_several(
+    setup: tuple[Path, Config, AuditStore],
+) -> None:
+    path, config, store = setup
+    count = (2 << CHUNK_LEVEL) + 100  # two whole chunks and part of a third
+    events: list[AuditEvent] = []
+    for start in range(0, count, 2_000):
+        numbers = range(start, min(count, start + 2_000))
+        appended = store.append([AppendRequest([new_event(n) for n in numbers])])[0]
+        events.extend(a.event for a in appended)
+        if start == 20_000:
+            sign(config, store)
+    sign(config, store)
+    intact = f"stream api: intact ({count} events, 2 signed checkpoints)"
+    for jobs in ("2", "1"):
+        result = run_cli("verify", "--jobs", jobs, config=path)
+        assert (result.returncode, result.stdout.strip()) == (0, intact), result.stderr
+
+    bad_seq = (1 << CHUNK_LEVEL) + 500  # in the second chunk, before the first checkpoint
+    set_column(store, "api", bad_seq, entity="charge")
+    verdicts = {run_cli("verify", "--jobs", jobs, config=path).stdout for jobs in ("2", "1")}
+    assert verdicts == {
+        f"stream api: NOT intact at seq {bad_seq} (id {events[bad_seq - 1].id}): altered: "
+        "a field of the event was changed: its hash no longer fits it\n"
+    }
 
 
 def test_a_fresh_store_without_a_key_is_intact(setup: tuple[Path, Config, AuditStore]) -> None:
