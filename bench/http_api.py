@@ -22,6 +22,8 @@ from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from bench import raw
 from bench.common import (
     PY,
@@ -296,6 +298,13 @@ def populate(url: str, count: int, actors: int = 1000) -> None:
             ])])
     finally:
         store.close()
+    # Fold the WAL into the file now: a daemon opening the store would otherwise do it
+    # (gigabytes at the full size) while a second daemon waits for the same store.
+    conn = sqlite3.connect(make_url(url).database or "")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 def get_and_verify(quick: bool) -> list[Result]:
