@@ -281,7 +281,7 @@ class _StreamCheck:
         scan = EventScan(self.conn, self.stream, self.page, head_seq)
         problem = scan.run(
             nodes,
-            first_seq=0,
+            after_seq=None,
             last_seq=None,
             next_stop=next_size,
             at_stop=self.reach,

@@ -166,7 +166,7 @@ def check_chunk(conn: Connection, chunk: Chunk) -> ChunkResult:
     problem = scan.run(
         nodes,
         # The first chunk reads from seq 0 as a single pass does (a forged seq 0 is found).
-        first_seq=chunk.first + 1 if chunk.first else 0,
+        after_seq=chunk.first or None,
         last_seq=chunk.last,
         next_stop=next(stops, -1),
         at_stop=at_stop,

@@ -44,7 +44,7 @@ Progress = Callable[[int], None]
 
 
 class EventScan:
-    """One pass over the events of `stream` with seq in [`first_seq`, `last_seq`].
+    """One pass over the events of `stream` after seq `after_seq` up to `last_seq`.
 
     `size` (events checked), `frontier` (the roots of the perfect subtrees
     folded so far, largest first, from level 0 up to `top`), `redacted`
@@ -77,14 +77,14 @@ class EventScan:
         self,
         nodes: StoredNodes,
         *,
-        first_seq: int,
+        after_seq: int | None,
         last_seq: int | None,
         next_stop: int,
         at_stop: Stop,
         progress: Progress | None = None,
     ) -> Finding | None:
-        """The first problem from `size` on, or None once every event up to `last_seq`
-        (None: the stream's end) is checked."""
+        """The first problem from `size` on, or None once every event after `after_seq`
+        (None: from the stream's start) up to `last_seq` (None: to its end) is checked."""
         conn, stream, page, head_seq, top = (
             self.conn,
             self.stream,
@@ -92,27 +92,37 @@ class EventScan:
             self.head_seq,
             self.top,
         )
-        # Unbounded, a row whose seq SQLite sorts past every number (text) is read too.
+        # Unbounded, a row whose seq SQLite sorts past every number (text) is read too;
+        # after an int, one SQLite stores between two (4.5) is read by the chunk after.
         bound = "" if last_seq is None else " AND seq <= :last"
-        events_from = DriverQuery(
-            conn,
-            events_sql(
-                conn.dialect.name,
-                f"stream = :stream AND seq >= :seq{bound} ORDER BY seq, pk LIMIT :limit",
-            ),
+        start = "seq >= :seq" if after_seq is None else "seq > :after"
+        first_page, next_page = (
+            DriverQuery(
+                conn,
+                events_sql(
+                    conn.dialect.name,
+                    f"stream = :stream AND {where}{bound} ORDER BY seq, pk LIMIT :limit",
+                ),
+            )
+            for where in (start, "seq >= :seq")
         )
-        params: dict[str, Any] = {"stream": stream, "seq": first_seq, "limit": page}
-        if last_seq is not None:
-            params["last"] = last_seq
+        params: dict[str, Any] = {
+            "stream": stream,
+            "after": after_seq,
+            "last": last_seq,
+            "limit": page,
+        }
         frontier, redacted, targets = self.frontier, self.redacted, self.targets
         buffers = nodes.buffers
         size = self.size
         # Paging is by (seq, pk) so a second row with one seq is read, and reported.
-        last_seq_read, last_pk = first_seq, -1
+        last_seq_read, last_pk = 0 if after_seq is None else after_seq, -1
         last_second, text = None, ""
+        events_from = first_page
         while True:
             params["seq"] = last_seq_read
             rows = events_from.rows(params)
+            events_from = next_page
             fresh = 0
             for row in rows:
                 (

@@ -422,3 +422,16 @@ def test_workers_see_one_state_of_the_store_while_it_changes(
     assert [(r.stream, r.ok, r.checked) for r in results] == [("a", True, 2), ("b", True, 20)]
     results = verify_store(store, keys_of(key), jobs=2, chunk_level=2)
     assert [(r.stream, r.ok, r.checked) for r in results] == [("a", True, 2), ("b", True, 24)]
+
+
+def test_a_seq_between_two_numbers_is_inserted(tmp_path: Path, key: SigningKey) -> None:
+    # SQLite stores 4.5 in an INTEGER column; in chunks of two it falls between the
+    # chunk that ends at seq 4 and the one that starts at 5, and must still be read.
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'typed.db'}")
+    try:
+        stored = fill(store, 12)
+        execute(store, "UPDATE events SET seq = 4.5 WHERE seq = 5")
+        found = problem(store, key)
+        assert (found.kind, found.seq, found.event_id) == (INSERTED, 4.5, stored[4].id)
+    finally:
+        store.close()
