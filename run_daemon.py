@@ -4,7 +4,9 @@
 This module parses the command line and loads the configuration; each command
 lives in `commands/`, which wires the packages together (`cdc/` and `web/`
 never import each other).
-Exit codes: 0 success, 1 a failed check, 2 bad usage or configuration.
+Exit codes: 0 success, 1 a failed check, 2 bad usage or configuration, 130 a
+command (not the daemon, for which Ctrl-C is the way to stop) interrupted by
+Ctrl-C before it finished: an interrupted `verify` has not found the trail intact.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from commands import capture, records, serve
-from commands.common import EXIT_OK, EXIT_USAGE, UsageError, setup_logging
+from commands.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, setup_logging
 from config import Config, ConfigError, load_config, resolve_config_path
 
 
@@ -31,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"auditor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_OK if command in (serve.cmd_run, serve.cmd_demo) else EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ log = logging.getLogger("auditor")
 EXIT_OK = 0
 EXIT_FAILED_CHECK = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""A command stopped by Ctrl-C (SIGINT) before it finished: 128 + 2, as shells report it."""
 
 
 def setup_logging() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from multiprocessing import util
@@ -133,6 +134,9 @@ _worker_conn: Connection | None = None
 
 def _start_worker(engine: Engine, snapshot_id: str | None) -> None:
     global _worker_conn
+    # A terminal's Ctrl-C reaches every process of the group: the caller stops the
+    # workers (ChunkPool.close), and a worker does not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     engine.dispose(close=False)
     conn = engine.connect()
     if conn.dialect.name == "postgresql":

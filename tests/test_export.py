@@ -3,12 +3,16 @@ memory on a 200,000-event export from a real daemon."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import csv
+import fcntl
 import http.client
 import io
+import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -179,6 +183,41 @@ def test_cli_export_bad_arguments_exit_2(tmp_path: Path, args: list[str]) -> Non
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr
+
+
+def test_an_interrupted_export_exits_130(tmp_path: Path) -> None:
+    # Ctrl-C before the end is not success: a script must not take a cut-off export
+    # (or an interrupted verify) for a finished one.
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    fill_store(url, 5_000)
+    config = write_config(tmp_path, url)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_daemon.py"), "--config", str(config), "export"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 30
+        while _unread(process.stdout.fileno()) < 65_536:  # the pipe is full: it waits
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert out.count(b"\n") < 5_000
+    assert b"Traceback" not in err
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    buffer = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buffer)
+    return buffer[0]
 
 
 # -- memory stays flat -------------------------------------------------------
