@@ -35,8 +35,9 @@ import re
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import util
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, text
 
@@ -95,38 +96,43 @@ def export_snapshot(conn: Connection) -> str | None:
 
 
 class ChunkPool:
-    """Worker processes that check chunks, each in one read transaction of its own."""
+    """Worker processes that check chunks, each in one read transaction of its own.
+
+    A `concurrent.futures` pool rather than `multiprocessing.Pool`: when a worker
+    dies (killed, out of memory) the chunks it held fail with `BrokenProcessPool`
+    instead of waiting forever.
+    """
 
     def __init__(self, engine: Engine, jobs: int, snapshot_id: str | None) -> None:
         if snapshot_id is not None and not _SNAPSHOT_ID.fullmatch(snapshot_id):
-            raise ValueError(f"unexpected snapshot id {snapshot_id!r}")
-        context = multiprocessing.get_context("fork")
+            raise RuntimeError(f"unexpected snapshot id {snapshot_id!r}")
         self._jobs = jobs
-        self._pool = context.Pool(jobs, initializer=_start_worker, initargs=(engine, snapshot_id))
+        self._pool = ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_worker,
+            initargs=(engine, snapshot_id),
+        )
         self._done = True
 
     def check(self, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, ChunkResult]]:
         """Each chunk with its result, in order; a few chunks are checked ahead."""
-        window: deque[tuple[Chunk, Any]] = deque()
+        window: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
         self._done = False
         for chunk in chunks:
-            window.append((chunk, self._pool.apply_async(_check_chunk, (chunk,))))
+            window.append((chunk, self._pool.submit(_check_chunk, chunk)))
             if len(window) > self._jobs * AHEAD:
                 chunk, pending = window.popleft()
-                yield chunk, pending.get()
+                yield chunk, pending.result()
         while window:
             chunk, pending = window.popleft()
-            yield chunk, pending.get()
+            yield chunk, pending.result()
         self._done = True
 
     def close(self) -> None:
-        """Let idle workers end their transactions and exit; stop busy ones (a caller
-        that stopped at a problem does not wait for the chunks after it)."""
-        if self._done:
-            self._pool.close()
-        else:
-            self._pool.terminate()
-        self._pool.join()
+        """Let the workers end their transactions and exit; chunks not started yet
+        are dropped (a caller that stopped at a problem does not need them)."""
+        self._pool.shutdown(wait=True, cancel_futures=not self._done)
 
 
 _worker_conn: Connection | None = None

@@ -8,6 +8,7 @@ only when it is a terminal.
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TextIO
 
@@ -71,6 +72,13 @@ def run_verify(
         ) from exc
     except SQLAlchemyError as exc:
         print(f"cannot read the audit store: {exc.__class__.__name__}: {exc}", file=out)
+        return EXIT_NOT_INTACT
+    except BrokenProcessPool:
+        print(
+            "verify did not finish: a worker process ended before its chunk was checked "
+            "(killed, or out of memory?)",
+            file=out,
+        )
         return EXIT_NOT_INTACT
     for result in results:
         print(result.describe(), file=out)

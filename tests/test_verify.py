@@ -9,7 +9,11 @@ same first problem.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +439,29 @@ def test_a_seq_between_two_numbers_is_inserted(tmp_path: Path, key: SigningKey) 
         assert (found.kind, found.seq, found.event_id) == (INSERTED, 4.5, stored[4].id)
     finally:
         store.close()
+
+
+def test_a_worker_that_dies_stops_verify_instead_of_hanging(
+    store: AuditStore, key: SigningKey
+) -> None:
+    fill(store, 40)
+    killed: list[int] = []
+
+    def kill_a_worker(_: int) -> None:
+        if not killed:
+            worker = multiprocessing.active_children()[0]
+            os.kill(worker.pid or 0, signal.SIGKILL)
+            killed.append(worker.pid or 0)
+
+    def too_long(*_: object) -> None:
+        raise TimeoutError("verify waited for a dead worker")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            verify_store(store, keys_of(key), progress=kill_a_worker, jobs=2, chunk_level=1, page=7)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert killed
