@@ -75,8 +75,8 @@ def run_verify(
         return EXIT_NOT_INTACT
     except BrokenProcessPool:
         print(
-            "verify did not finish: a worker process ended before its chunk was checked "
-            "(killed, or out of memory?)",
+            "verify did not finish: a worker process failed to start or ended before its "
+            "chunk was checked (see standard error; killed, or out of memory?)",
             file=out,
         )
         return EXIT_NOT_INTACT
