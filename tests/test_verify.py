@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -452,6 +453,10 @@ def test_a_worker_that_dies_stops_verify_instead_of_hanging(
             worker = multiprocessing.active_children()[0]
             os.kill(worker.pid or 0, signal.SIGKILL)
             killed.append(worker.pid or 0)
+            worker.join(10)
+            # The pool notices a dead worker in a thread of its own: give it the time,
+            # or the other worker may finish every chunk first (it did once in CI).
+            time.sleep(0.5)
 
     def too_long(*_: object) -> None:
         raise TimeoutError("verify waited for a dead worker")
