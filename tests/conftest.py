@@ -42,9 +42,8 @@ def pg_database() -> Iterator[str]:
         if IN_CI:
             pytest.fail(f"{message}; in CI the PostgreSQL tests must run", pytrace=False)
         reason = f"{message}; set AUDITOR_TEST_PG to run the PostgreSQL tests"
-        # Justified: the developers' guide requires the PostgreSQL tests to be left out,
-        # with a clear message, on a machine without PostgreSQL; under CI=true they
-        # fail instead (above), so CI always runs them.
+        # Under CI=true this fails instead (above), so CI always runs the PostgreSQL tests.
+        # Justified: the guide wants them left out, with a clear message, without PostgreSQL.
         pytest.skip(reason)  # justified: no PostgreSQL server outside CI (the guide's rule)
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')

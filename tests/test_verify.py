@@ -388,6 +388,7 @@ def test_values_of_the_wrong_type_are_tampering_not_a_crash(
         store.close()
 
 
+@pytest.mark.parametrize("how", ["in chunks"], indirect=True)  # they set jobs themselves
 def test_a_long_stream_is_checked_by_the_workers_a_chunk_at_a_time(
     store: AuditStore, key: SigningKey, checkpointer: Checkpointer
 ) -> None:
@@ -402,6 +403,7 @@ def test_a_long_stream_is_checked_by_the_workers_a_chunk_at_a_time(
     assert [(r.stream, r.ok, r.checked, r.checkpoints) for r in results] == [("api", True, 29, 2)]
 
 
+@pytest.mark.parametrize("how", ["in chunks"], indirect=True)  # they set jobs themselves
 def test_workers_see_one_state_of_the_store_while_it_changes(
     store: AuditStore, key: SigningKey, checkpointer: Checkpointer
 ) -> None:
@@ -442,6 +444,7 @@ def test_a_seq_between_two_numbers_is_inserted(tmp_path: Path, key: SigningKey) 
         store.close()
 
 
+@pytest.mark.parametrize("how", ["in chunks"], indirect=True)  # they set jobs themselves
 def test_a_worker_that_dies_stops_verify_instead_of_hanging(
     store: AuditStore, key: SigningKey
 ) -> None:
