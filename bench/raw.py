@@ -16,6 +16,7 @@ from typing import Any
 
 import uuid_utils
 
+from storage.engine import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
 from storage.store import EVENT_COLUMNS, AuditStore
 
 _FAKE_HASH = "0" * 64
@@ -94,6 +95,9 @@ class RawSqlite:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
+        # The store's own checkpoint settings: the same storage work as Auditor's.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        self.conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         self.mark = "?"
         self.pk = int(self.conn.execute("SELECT coalesce(max(pk), 0) FROM events").fetchone()[0])
         self.seq = 0

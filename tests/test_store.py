@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy import event as sa_event
 
 from storage import merkle
+from storage.engine import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
 from storage.events import Actor, EventType, NewEvent, new_event_id, to_ms, utc_now
 from storage.migrate import upgrade
 from storage.query import EventQuery, Order
@@ -133,6 +134,7 @@ def test_concurrent_appends_keep_seq_gapless(store: AuditStore, store_url: str) 
 _APPEND_PROCESS = """
 import sys
 from datetime import UTC, datetime
+from storage.engine import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
 from storage.events import Actor, EventType, NewEvent
 from storage.store import AppendRequest, AuditStore
 store = AuditStore.open(sys.argv[1])
@@ -370,3 +372,28 @@ def test_sqlite_appends_keep_to_the_librarys_parameter_limit(tmp_path: Path) -> 
         )
     finally:
         store.close()
+
+
+def test_a_sqlite_store_folds_its_wal_back_at_its_own_size_not_sqlites_default(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints every WAL_CHECKPOINT_PAGES pages, so that a page changed by many
+    commits is written back once: with SQLite's default (1,000 pages) the WAL would
+    start over, and stop growing, after about 1,000 pages. It is cut back to
+    WAL_SIZE_LIMIT bytes when it starts over."""
+    path = tmp_path / "audit.db"
+    wal = Path(f"{path}-wal")
+    frame = 4096 + 24  # a page and its frame header
+    store = AuditStore.open(f"sqlite:///{path}")
+    try:
+        for n in range(0, 40_000, 500):
+            store.append([AppendRequest([make_event(n + i) for i in range(500)])])
+            if wal.stat().st_size > 3_000 * frame:
+                break
+        wal_frames = wal.stat().st_size // frame
+        with store.engines.write.connect() as conn:
+            limit = conn.exec_driver_sql("PRAGMA journal_size_limit").scalar()
+    finally:
+        store.close()
+    assert 3_000 < wal_frames < WAL_CHECKPOINT_PAGES
+    assert limit == WAL_SIZE_LIMIT
