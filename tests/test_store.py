@@ -134,7 +134,6 @@ def test_concurrent_appends_keep_seq_gapless(store: AuditStore, store_url: str) 
 _APPEND_PROCESS = """
 import sys
 from datetime import UTC, datetime
-from storage.engine import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
 from storage.events import Actor, EventType, NewEvent
 from storage.store import AppendRequest, AuditStore
 store = AuditStore.open(sys.argv[1])
