@@ -237,16 +237,20 @@ class WorkerPool:
 
 def _starter(conn: Connection, daemon_end: Connection, config: Config, daemon_pid: int) -> None:
     """The starter process: forks workers on the daemon's request, reports on them,
-    stops them; stops them too when the daemon is gone (its end of `conn` closes)."""
+    stops them; stops them too when the daemon is gone (its end of `conn` closes),
+    and then removes the status file's folder, which a killed daemon left behind."""
     daemon_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the daemon decides
     fork = multiprocessing.get_context("fork")
     workers: dict[int, multiprocessing.process.BaseProcess] = {}
+    status_folder: Path | None = None
     try:
         while True:
             request = conn.recv()
             if request[0] == "start":
                 _, index, port, status_path = request
+                if status_path is not None:
+                    status_folder = Path(status_path).parent
                 worker = fork.Process(
                     target=_worker, name=f"auditor-api-{index}",
                     args=(conn, config, port, daemon_pid, status_path),
@@ -263,6 +267,9 @@ def _starter(conn: Connection, daemon_end: Connection, config: Config, daemon_pi
                 return
     except (EOFError, OSError):  # the daemon is gone
         _stop(workers.values())
+        if status_folder is not None:
+            # The daemon's own folder (`WorkerPool.run`), for the status file alone.
+            shutil.rmtree(status_folder, ignore_errors=True)
 
 
 def _stop(workers: Iterable[multiprocessing.process.BaseProcess]) -> None:

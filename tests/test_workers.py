@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from commands.workers import STALE_AFTER, StatusFile
@@ -260,14 +261,22 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def test_workers_stop_by_themselves_when_the_daemon_is_killed(tmp_path: Path) -> None:
+def test_workers_stop_by_themselves_when_the_daemon_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"  # where the daemon makes the folder of its status file
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
     with daemon_with_a_worker(tmp_path) as (daemon, _port, worker):
         under = descendants(daemon.pid)
         assert worker in under and len(under) == 2  # the worker and the starter that forked it
+        assert [p.name for p in temp.glob("auditor-*/capture.json")] == ["capture.json"]
         daemon.kill()
         daemon.wait(timeout=10)
         for pid in under:
             assert gone(pid), f"process {pid} outlived its daemon"
+    # The starter removed what the killed daemon could not.
+    assert list(temp.iterdir()) == []
 
 
 def test_the_status_file_round_trips_and_goes_stale(tmp_path: Path) -> None:
