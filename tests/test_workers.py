@@ -204,7 +204,14 @@ async def test_every_process_serves_and_every_tail_sees_what_any_process_stored(
                     async with poster.post(f"{base}/v1/events", json=body) as answer:
                         assert answer.status == 201, await answer.text()
             await asyncio.to_thread(simulate, tmp_path / "billing.db", 30)
-            stored = get_json(f"{base}/v1/events?order=asc&limit=1000")["events"]
+            # Capture is asynchronous: the simulator returns once its changes are
+            # committed, and the daemon stores them a moment later.
+            deadline = time.monotonic() + 20
+            while True:
+                stored = get_json(f"{base}/v1/events?order=asc&limit=1000")["events"]
+                if len(stored) >= posted + 30 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
             expected = [event["id"] for event in stored]
             assert len(expected) >= posted + 30
             for pid, response in tails.items():
