@@ -28,11 +28,12 @@ BENCHMARKS: dict[str, Callable[[bool], Result | list[Result]]] = {
     "post_batch": http_api.post_batch,
     "get_query": http_api.get_and_verify,  # also writes "verify"
     "memory": capture_live.memory,
+    "capture_batch": capture_live.capture_batch,
     "integrity_cost": integrity_cost.run,
 }
 ORDER = ["host_writes", "host_writes_daemon", "drain_sqlite", "drain_pg", "capture_latency",
          "end_to_end", "post_single", "post_batch", "get_query", "verify", "memory",
-         "integrity_cost"]
+         "capture_batch", "integrity_cost"]
 
 
 def code_version() -> str:

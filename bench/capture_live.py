@@ -6,7 +6,8 @@
   the daemon capturing; against the same writer beside plain sqlite3 capture (the
   raw ceiling, `bench.raw_capture`) and the writer with no capture at all;
 - memory: the daemon's peak RSS while it drains a backlog and serves queries, at
-  two backlog sizes (flat = the same peak at both).
+  two backlog sizes (flat = the same peak at both);
+- capture batch: the same drain with `capture.batch_size` 5,000 against 1,000.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from bench import raw
 from bench.common import (
@@ -43,13 +46,14 @@ from bench.common import (
 )
 
 
-def _setup(directory: Path, tag: str, workers: int = 1) -> tuple[Path, Path, int]:
+def _setup(directory: Path, tag: str, workers: int = 1,
+           batch_size: int = 1000) -> tuple[Path, Path, int]:
     billing = billing_db(directory / f"{tag}-billing.db")
     seed_customers(billing)
     port = free_port()
     config = write_config(directory, f"sqlite:///{directory / f'{tag}-audit.db'}",
                           billing=billing, port=port, workers=workers,
-                          name=f"{tag}-config.yaml")
+                          batch_size=batch_size, name=f"{tag}-config.yaml")
     install_auditor(config)
     return billing, config, port
 
@@ -279,59 +283,66 @@ def end_to_end(quick: bool) -> Result:
     return result
 
 
+class Drained(NamedTuple):
+    rate: float  # changes/s, writing the backlog included
+    peak_mb: float  # the daemon's peak RSS (VmHWM)
+    idle_mb: float  # its RSS after start, before the backlog
+    tree: list[tuple[int, int, int]]  # with workers: (processes, RSS, PSS) samples, KiB
+
+
+def _drain_while_querying(directory: Path, tag: str, size: int, *, workers: int = 1,
+                          batch_size: int = 1000) -> Drained:
+    """A running daemon drains a backlog of `size` changes, written while it runs,
+    and serves a query every 20 ms meanwhile."""
+    billing, config, port = _setup(directory, tag, workers, batch_size)
+    daemon = Daemon(config, port)
+    stop = threading.Event()
+    tree: list[tuple[int, int, int]] = []
+
+    def query() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        deadline = time.monotonic() + 900
+        while not stop.is_set() and time.monotonic() < deadline:
+            conn.request("GET", "/v1/events?actor=0042&limit=50")
+            conn.getresponse().read()
+            time.sleep(0.02)
+        conn.close()
+
+    try:
+        time.sleep(1)
+        idle = daemon.rss_kb()[0] / 1024
+        # The backlog is written while the daemon already runs: it drains as it goes.
+        t0 = time.monotonic()
+        make_backlog(billing, size)
+        thread = threading.Thread(target=query)
+        thread.start()
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            stored, _ = _head(daemon, billing)
+            if stored >= size and shadow_count(billing) <= 1:
+                break
+            if workers > 1:
+                tree.append(daemon.tree_memory_kb())
+            time.sleep(0.5)
+        stop.set()
+        thread.join()
+        if workers > 1:
+            tree.append(daemon.tree_memory_kb())
+        return Drained(size / (time.monotonic() - t0), daemon.rss_kb()[1] / 1024, idle, tree)
+    finally:
+        stop.set()
+        daemon.stop()
+
+
 def memory(quick: bool) -> Result:
     sizes = (30_000, 120_000) if quick else (250_000, 1_000_000)
     result = Result("memory", "Daemon peak RSS while draining a backlog and serving queries")
-    peaks: dict[int, float] = {}
-    idle: dict[int, float] = {}
-    rates: dict[int, float] = {}
-    tree_peak: list[tuple[int, int, int]] = []  # with server.workers: 2
     with workdir("mem") as directory:
-        for size, workers in [(size, 1) for size in sizes] + [(sizes[1], 2)]:
-            billing, config, port = _setup(directory, f"m{size}w{workers}", workers)
-            daemon = Daemon(config, port)
-            stop = threading.Event()
-            queries = [0]
-
-            def query(
-                port: int = port, stop: threading.Event = stop, queries: list[int] = queries
-            ) -> None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                deadline = time.monotonic() + 900
-                while not stop.is_set() and time.monotonic() < deadline:
-                    conn.request("GET", "/v1/events?actor=0042&limit=50")
-                    conn.getresponse().read()
-                    queries[0] += 1
-                    time.sleep(0.02)
-                conn.close()
-
-            try:
-                time.sleep(1)
-                if workers == 1:
-                    idle[size] = daemon.rss_kb()[0] / 1024
-                # The backlog is written while the daemon already runs: it drains as it goes.
-                t0 = time.monotonic()
-                make_backlog(billing, size)
-                thread = threading.Thread(target=query)
-                thread.start()
-                deadline = time.monotonic() + 900
-                while time.monotonic() < deadline:
-                    stored, _ = _head(daemon, billing)
-                    if stored >= size and shadow_count(billing) <= 1:
-                        break
-                    if workers > 1:
-                        tree_peak.append(daemon.tree_memory_kb())
-                    time.sleep(0.5)
-                stop.set()
-                thread.join()
-                if workers > 1:
-                    tree_peak.append(daemon.tree_memory_kb())
-                    continue
-                rates[size] = size / (time.monotonic() - t0)
-                peaks[size] = daemon.rss_kb()[1] / 1024
-            finally:
-                stop.set()
-                daemon.stop()
+        runs = {size: _drain_while_querying(directory, f"m{size}w1", size) for size in sizes}
+        tree_peak = _drain_while_querying(directory, f"m{sizes[1]}w2", sizes[1], workers=2).tree
+    peaks = {size: run.peak_mb for size, run in runs.items()}
+    idle = {size: run.idle_mb for size, run in runs.items()}
+    rates = {size: run.rate for size, run in runs.items()}
     small, large = sizes
     flat = peaks[large] <= peaks[small] * 1.15
     result.rounds = {f"{s:,} backlog peak MB": [peaks[s]] for s in sizes} | {
@@ -358,4 +369,40 @@ def memory(quick: bool) -> Result:
              f"summed at that moment {rss / 1024:.0f} MB",
     ))
     plot_bars("memory", result.title, "MB", {k: v for k, v in result.rounds.items()}, target=150)
+    return result
+
+
+def capture_batch(quick: bool) -> Result:
+    """`capture.batch_size: 5000` against the default 1,000: the daemon draining a
+    backlog while serving queries (as `memory` does), alternating, drain rate and
+    peak RSS."""
+    size, rounds = (120_000, 2) if quick else (1_000_000, 2)
+    result = Result("capture_batch", "Draining a backlog with capture.batch_size 1,000 and 5,000")
+    peaks: dict[int, list[float]] = {1000: [], 5000: []}
+    with workdir("batchsize") as directory:
+        counter = iter(range(1000))
+
+        def drain_with(batch_size: int) -> Callable[[], float]:
+            def run() -> float:
+                drained = _drain_while_querying(directory, f"b{batch_size}-{next(counter)}",
+                                                size, batch_size=batch_size)
+                peaks[batch_size].append(drained.peak_mb)
+                return drained.rate
+            return run
+
+        series = alternate({"batch_size 1000": drain_with(1000),
+                            "batch_size 5000": drain_with(5000)}, rounds)
+    result.rounds = series
+    default, larger = median(series["batch_size 1000"]), median(series["batch_size 5000"])
+    result.figures.append(Figure(
+        "backlog drain with capture.batch_size 5000 (README's advice)", larger, "changes/s",
+        "faster than 1,000, peak RSS ≤ 150 MB",
+        larger > default and max(peaks[5000]) <= 150,
+        reference=f"batch_size 1000 (the default) {default:,.0f} changes/s",
+        reference_value=default, ratio=larger / default,
+        size=("quick: " if quick else "") + f"{size:,} changes, {rounds} rounds",
+        note=f"peak RSS by round: 1,000 {', '.join(f'{p:.0f}' for p in peaks[1000])} MB; "
+             f"5,000 {', '.join(f'{p:.0f}' for p in peaks[5000])} MB",
+    ))
+    plot_bars("capture_batch", result.title, "changes / s", series, target=None)
     return result

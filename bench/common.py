@@ -350,12 +350,17 @@ def make_backlog(path: Path, changes: int) -> None:
     conn.close()
 
 
-def shadow_count(path: Path) -> int:
+def count_rows(path: Path, table: str) -> int:
+    """Rows of `table` (one of this project's own) in the SQLite file at `path`."""
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute('SELECT count(*) FROM "_auditor_changes"').fetchone()[0])
+        return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
     finally:
         conn.close()
+
+
+def shadow_count(path: Path) -> int:
+    return count_rows(path, "_auditor_changes")
 
 
 def pg_database(name: str) -> str:

@@ -33,6 +33,7 @@ from bench.common import (
     Figure,
     Result,
     alternate,
+    count_rows,
     free_port,
     median,
     plot_bars,
@@ -271,7 +272,7 @@ def post_batch(quick: bool) -> Result:
         finally:
             daemon.stop()
             writer.close()
-        sizes = [_count_events(directory / name) for name in ("audit.db", "raw.db")]
+        sizes = [count_rows(directory / name, "events") for name in ("audit.db", "raw.db")]
     result.rounds = series
     result.notes.append(f"events stored at the end: Auditor {sizes[0]:,}, raw ceiling "
                         f"{sizes[1]:,} (both slow down as the store grows)")
@@ -285,14 +286,6 @@ def post_batch(quick: bool) -> Result:
     ))
     plot_bars("post_batch", result.title, "events / s", series, target=50_000)
     return result
-
-
-def _count_events(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def populate(url: str, count: int, actors: int = 1000) -> None:
