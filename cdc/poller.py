@@ -30,7 +30,7 @@ from cdc.blocking import run_blocking
 from cdc.translate import translate
 from config import SourceConfig, TableConfig
 from storage.store import AppendRequest, CapturePosition
-from storage.writer import GroupCommitWriter
+from storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ShadowPoller:
     def __init__(
         self,
         source: SourceConfig,
-        writer: GroupCommitWriter,
+        writer: Writer,
         position: int,
         batch_size: int,
     ) -> None:

@@ -63,7 +63,7 @@ from config import SourceConfig, TableConfig
 from storage.events import SYSTEM_ACTOR, EventType, NewEvent, new_event_id
 from storage.query import EventQuery
 from storage.store import AppendRequest, AuditStore
-from storage.writer import GroupCommitWriter
+from storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Reconciler:
         self,
         source: SourceConfig,
         store: AuditStore,
-        writer: GroupCommitWriter,
+        writer: Writer,
         poller: Drainer,
         batch_size: int,
     ) -> None:

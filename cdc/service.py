@@ -33,7 +33,7 @@ from cdc.triggers import SHADOW_TABLE
 from cdc.watcher import DatabaseWatcher
 from config import Config, SourceConfig
 from storage.store import AuditStore
-from storage.writer import GroupCommitWriter
+from storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class SourceCapture:
     """One source: its poller, its wake-up event and the task that drains it."""
 
     def __init__(
-        self, source: SourceConfig, store: AuditStore, writer: GroupCommitWriter, batch_size: int
+        self, source: SourceConfig, store: AuditStore, writer: Writer, batch_size: int
     ) -> None:
         self.source = source
         self.store = store
@@ -183,7 +183,7 @@ class SourceCapture:
 class CaptureService:
     """Every source of the config, woken by file events and a fallback schedule."""
 
-    def __init__(self, config: Config, store: AuditStore, writer: GroupCommitWriter) -> None:
+    def __init__(self, config: Config, store: AuditStore, writer: Writer) -> None:
         self.config = config
         self.sources = [
             SourceCapture(source, store, writer, config.capture.batch_size)

@@ -47,7 +47,7 @@ from config import SourceConfig, TableConfig
 from storage.events import EventType, NewEvent, new_event_id
 from storage.query import EventQuery
 from storage.store import AppendRequest, AuditStore, CapturePosition
-from storage.writer import GroupCommitWriter
+from storage.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class SourceSnapshot:
         self,
         source: SourceConfig,
         store: AuditStore,
-        writer: GroupCommitWriter,
+        writer: Writer,
         batch_size: int,
         progress_bar: bool | None = None,
         poller: Drainer | None = None,

@@ -8,15 +8,35 @@ store; the store numbers it within its stream, hashes it and returns an
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import uuid_utils
 
 JSONValue = Any
 """A value that `orjson` can serialise (dict, list, str, int, float, bool, None)."""
+
+
+T = TypeVar("T")
+
+
+def by_position(cls: type[T]) -> type[T]:
+    """Pickle a frozen dataclass as its class and field values, in order: the default
+    for slotted dataclasses goes through `dataclasses.fields` for every instance.
+    Events cross to the store writer process this way (`storage.writer_process`)."""
+    values: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
+        *(f.name for f in fields(cls))  # type: ignore[arg-type]
+    )
+
+    def __reduce__(self: T) -> tuple[type[T], tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    return cls
 
 
 class EventType(enum.StrEnum):
@@ -26,6 +46,7 @@ class EventType(enum.StrEnum):
     DELETE = "DELETE"
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who made the change: an id, and where known a name and an IP address."""
@@ -38,6 +59,7 @@ class Actor:
 SYSTEM_ACTOR = Actor(id="system")
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event before it is stored: no stream position, hash or record time yet."""
@@ -60,6 +82,7 @@ class NewEvent:
     are new by construction, so the store does not look them up."""
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """A stored event, numbered `seq` within its `stream`; `hash` is its Merkle leaf hash."""

@@ -2,7 +2,9 @@
 
 This is synchronous SQLAlchemy Core code, the same for SQLite and PostgreSQL.
 The web layer never calls `append` on its event loop: `storage.writer`
-runs it in one dedicated thread with group commit (see there for why).
+runs it in one dedicated thread with group commit (see there for why), and
+`storage.writer_process` in a process of its own for the API of a daemon on a
+SQLite store.
 
 Appending is one transaction per call, however many requests it carries:
 - client-given ids make a request idempotent (an id already stored returns the
@@ -47,13 +49,13 @@ from storage.events import (
     AuditEvent,
     EventType,
     NewEvent,
+    by_position,
     format_ms,
     from_ms,
     to_ms,
     truncate_to_millis,
     utc_now,
 )
-from storage.migrate import upgrade
 from storage.query import EventQuery
 from storage.schema import capture_positions, events, merkle_nodes, streams
 
@@ -74,6 +76,7 @@ class StorageError(Exception):
     """The store could not do what was asked (the database failed or refused)."""
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class CapturePosition:
     """How far a capture source has been stored: the last shadow-table seq."""
@@ -82,12 +85,14 @@ class CapturePosition:
     position: int
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class AppendRequest:
     events: Sequence[NewEvent]
     position: CapturePosition | None = None
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class Appended:
     event: AuditEvent
@@ -131,6 +136,10 @@ class AuditStore:
     def open(cls, url: str, *, shared: bool = False) -> AuditStore:
         """Connect and bring the schema up to date (Alembic `upgrade head`). `shared`:
         other processes append to this store too (`storage.engine.WriteLock`)."""
+        # Imported here: Alembic is 13 MB of the store writer process's memory
+        # (storage.writer_process), which never migrates.
+        from storage.migrate import upgrade
+
         try:
             engines = create_engines(url, shared=shared)
             upgrade(engines.write)
@@ -160,9 +169,12 @@ class AuditStore:
         self._commit_listeners.remove(listener)
 
     def _notify(self, results: Sequence[Sequence[Appended]]) -> None:
-        if not self._commit_listeners:
-            return
-        created = [a for request in results for a in request if a.created]
+        if self._commit_listeners:
+            self.notify_listeners([a for request in results for a in request if a.created])
+
+    def notify_listeners(self, created: list[Appended]) -> None:
+        """Tell the commit listeners of `created`, committed by this store or, for a
+        writer in another process (`storage.writer_process`), on its behalf."""
         for listener in list(self._commit_listeners):
             try:
                 listener(created)
@@ -175,6 +187,12 @@ class AuditStore:
             conn.exec_driver_sql("SELECT 1")
 
     # -- writing -------------------------------------------------------------
+
+    @staticmethod
+    def created_event(new: NewEvent, seq: int, recorded_at: datetime, leaf_hex: str) -> AuditEvent:
+        """The event `append` stored for `new` as number `seq` at `recorded_at`, with
+        leaf hash `leaf_hex`: for a writer that learns only those from another process."""
+        return _new_to_stored(new, seq, _stored_time(new.occurred_at), recorded_at, leaf_hex)
 
     def append(self, requests: Sequence[AppendRequest]) -> list[list[Appended]]:
         """Store every request's events in one transaction; results in request order."""
@@ -600,9 +618,7 @@ def _query_sql(q: EventQuery, mark: str) -> tuple[str, list[Any]]:
 def _prepare(new: NewEvent, seq: int, now: datetime, now_ms: int) -> tuple[list[Any], AuditEvent]:
     """The row to insert for `new` as number `seq` (in `EVENT_COLUMNS` order, pk still
     to fill in), and the event it stores."""
-    occurred_at = new.occurred_at
-    if occurred_at.microsecond % 1000 or occurred_at.tzinfo is not UTC:
-        occurred_at = truncate_to_millis(occurred_at)
+    occurred_at = _stored_time(new.occurred_at)
     occurred_ms = to_ms(occurred_at)
     document = payload_document(new.before, new.after, new.metadata)
     digest = payload_digest(document)
@@ -629,6 +645,13 @@ def _prepare(new: NewEvent, seq: int, now: datetime, now_ms: int) -> tuple[list[
         False,
     ]
     return row, _new_to_stored(new, seq, occurred_at, now, leaf)
+
+
+def _stored_time(value: datetime) -> datetime:
+    """`value` as the store keeps it: UTC, to the millisecond."""
+    if value.microsecond % 1000 or value.tzinfo is not UTC:
+        return truncate_to_millis(value)
+    return value
 
 
 def _new_to_stored(

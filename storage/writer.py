@@ -19,12 +19,28 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from storage.store import Appended, AppendRequest, AuditStore, StorageError
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_COMMIT = 20_000
+
+
+class Writer(Protocol):
+    """What appends through a writer see: `GroupCommitWriter` here, or the process
+    writer of `storage.writer_process`."""
+
+    commits: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Commit what was handed over, then stop."""
+
+    async def append(self, request: AppendRequest) -> list[Appended]:
+        """Store `request` (in a transaction it may share); return once committed."""
 
 
 @dataclass

@@ -12,12 +12,12 @@ from aiohttp import web
 from config import Config
 from storage.bus import EventBus
 from storage.store import AuditStore
-from storage.writer import GroupCommitWriter
+from storage.writer import Writer
 from web.readiness import Readiness
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", AuditStore)
-WRITER = web.AppKey("writer", GroupCommitWriter)
+WRITER: web.AppKey[Writer] = web.AppKey("writer")
 EVENT_BUS = web.AppKey("event_bus", EventBus)
 READINESS = web.AppKey("readiness", Readiness)
 
