@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 
 from config import Config
 from storage.store import AuditStore, StorageError
+from storage.writer_process import runs_apart
 
 log = logging.getLogger("auditor")
 
@@ -36,8 +37,10 @@ class UsageError(Exception):
 def open_store(config: Config) -> AuditStore:
     url = make_url(config.store.url).render_as_string(hide_password=True)
     try:
-        # With API workers, several processes append: they queue on the store's write lock.
-        store = AuditStore.open(config.store.url, shared=config.server.workers > 1)
+        # With API workers or the API's store writer process (storage.writer_process),
+        # several processes append: they queue on the store's write lock.
+        shared = config.server.workers > 1 or runs_apart(config.store.url)
+        store = AuditStore.open(config.store.url, shared=shared)
     except StorageError as exc:
         raise UsageError(f"{config.path}: store.url: {exc} ({url})") from exc
     log.info("audit store ready at %s", url)

@@ -162,17 +162,29 @@ def attach_capture(app: Any, config: Config, store: AuditStore) -> None:
     """Capture as a task the web app owns (started after the writer, stopped before it),
     with its status in `/v1/streams`, `/readyz` and `/metrics`."""
     from cdc.service import CaptureService
+    from storage.writer import GroupCommitWriter
     from web.keys import WRITER
 
-    service = CaptureService(config, store, app[WRITER])
+    # Capture commits in a thread of the daemon, sharing the API's writer when that is
+    # one too. Not through the API's store writer process (storage.writer_process): a
+    # poller sends one batch at a time, and the trip there and back cost more than the
+    # thread's GIL hand-offs (a 60,000-change drain: 14,500-15,600 changes/s on a
+    # thread, 11,000-11,500 through the process).
+    api_writer = app[WRITER]
+    own = None if isinstance(api_writer, GroupCommitWriter) else GroupCommitWriter(store)
+    service = CaptureService(config, store, own or api_writer)
     publisher = show_capture_status(app, service.status)
 
     async def capture(app: Any) -> AsyncIterator[None]:
+        if own is not None:
+            await own.start()
         await service.start()
         log.info("capturing %d source(s)", len(service.sources))
         async with publisher():
             yield
         await service.stop()
+        if own is not None:
+            await own.stop()
 
     app.cleanup_ctx.append(capture)
 

@@ -12,7 +12,7 @@ from storage.bus import EventBus
 from storage.checkpoints import Checkpointer
 from storage.signing import load_or_create_key
 from storage.store import AuditStore
-from storage.writer import GroupCommitWriter
+from storage.writer_process import runs_apart, writer_for
 from web import (
     event_routes,
     export_routes,
@@ -33,8 +33,9 @@ from web.readiness import Readiness
 
 
 def create_app(config: Config, store: AuditStore) -> web.Application:
-    """Build the API over an open store. The app owns the group-commit writer:
-    started with the app, drained and stopped on shutdown."""
+    """Build the API over an open store. The app owns the group-commit writer
+    (`storage.writer_process.writer_for`): started with the app, drained and
+    stopped on shutdown."""
     # Auth inside the error middleware, so its refusals get each route family's error shape.
     app = web.Application(
         middlewares=[
@@ -47,7 +48,7 @@ def create_app(config: Config, store: AuditStore) -> web.Application:
     )
     app[CONFIG] = config
     app[STORE] = store
-    app[WRITER] = GroupCommitWriter(store)
+    app[WRITER] = writer_for(store, config.store.url, alone=config.server.workers == 1)
     # Raises storage.signing.KeyFileError when the key file cannot be made or trusted.
     key = load_or_create_key(config.integrity.key_file)
     app[integrity_routes.CHECKPOINTER] = Checkpointer(store, key)
@@ -89,7 +90,11 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
 async def _listen_to_commits(app: web.Application) -> AsyncIterator[None]:
     """Live tails and the stored-events counter hear of every commit, whoever appends."""
     store, metrics = app[STORE], app[METRICS]
-    if app[CONFIG].server.workers > 1:  # other processes append too: read them back
+    config = app[CONFIG]
+    # Other processes append too (API workers, the store writer process): read their
+    # events back in position order. A store writer process's commits reach this
+    # process's listeners later than capture's own; only the store has their order.
+    if config.server.workers > 1 or runs_apart(config.store.url):
         app[EVENT_BUS].follow(store)
     else:
         app[EVENT_BUS].attach(store)

@@ -16,6 +16,7 @@ from aiohttp import web
 from storage.events import NewEvent, to_ms
 from storage.query import MAX_LIMIT, CursorError, EventQuery, decode_cursor, encode_cursor
 from storage.store import Appended, AppendRequest, AuditStore, StorageError
+from storage.writer_process import WriterLost
 from web.bodies import parse_json, read_body
 from web.keys import STORE, WRITER, read_in_reader
 from web.problems import Problem
@@ -174,6 +175,12 @@ async def post_events(request: web.Request) -> web.Response:
 async def append(request: web.Request, events: list[NewEvent]) -> list[Appended]:
     try:
         return await request.app[WRITER].append(AppendRequest(events))
+    except WriterLost as exc:
+        raise Problem(
+            503,
+            "the store writer stopped during this commit: these events may or may not be "
+            "stored; post them again with their ids to store them exactly once",
+        ) from exc
     except StorageError as exc:
         raise Problem(503, "the audit store is unavailable; nothing was stored") from exc
 
