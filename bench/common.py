@@ -240,8 +240,30 @@ class Daemon:
 
     def tree_memory_kb(self) -> tuple[int, int, int]:
         """(processes, summed VmRSS, summed PSS) in KiB over the daemon and every process
-        under it (with `server.workers`, its API workers and the starter that forks
-        them). PSS shares each page among the processes that map it: the fair sum."""
+        under it (its store writer process; with `server.workers`, its API workers and
+        the starter that forks them). PSS shares each page among the processes that map
+        it: the fair sum."""
+        rss = pss = 0
+        tree = self._tree()
+        for pid in tree:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        return len(tree), rss, pss
+
+    def tree_peaks_kb(self) -> list[int]:
+        """Each process's peak RSS (VmHWM) in KiB, the daemon's first: their sum is at
+        least the peak of the processes together (their peaks need not coincide)."""
+        peaks = []
+        for pid in self._tree():
+            with open(f"/proc/{pid}/status") as f:
+                peaks += [int(line.split()[1]) for line in f if line.startswith("VmHWM:")]
+        return peaks
+
+    def _tree(self) -> list[int]:
         children: dict[int, list[int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -256,15 +278,7 @@ class Daemon:
             pid = todo.pop()
             tree.append(pid)
             todo.extend(children.get(pid, []))
-        rss = pss = 0
-        for pid in tree:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-        return len(tree), rss, pss
+        return tree
 
     def stop(self) -> None:
         if self.process.poll() is None:

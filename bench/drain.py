@@ -58,13 +58,15 @@ def auditor_drain(billing: Path, config_path: Path, url: str, batch: int = 1000)
     from config import load_config
     from storage.store import AuditStore
     from storage.writer import GroupCommitWriter
+    from storage.writer_process import runs_apart
 
     source = load_config(config_path).sources[0].model_copy(update={"database": billing})
-    store = AuditStore.open(url)
+    # As the daemon opens it: shared with its store writer process on a SQLite file.
+    store = AuditStore.open(url, shared=runs_apart(url))
     settle_collector()  # as the daemon does before it serves and captures
 
     async def go() -> float:
-        writer = GroupCommitWriter(store)
+        writer = GroupCommitWriter(store)  # the daemon's capture writer
         await writer.start()
         poller = ShadowPoller(source, writer, 0, batch)
         started = time.perf_counter()
