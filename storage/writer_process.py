@@ -23,6 +23,9 @@ with what only the store knows: each event's position, seq, record time and
 hash. The daemon rebuilds the stored events from the events it sent
 (`store.created_event`) and tells the store's commit listeners.
 
+The child starts with the first append, which waits for it (about 0.3 s here):
+a daemon that only captures never runs it, nor holds its 40-odd MB.
+
 The child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group:
 the daemon drains its requests through the child before it closes it) and
 exits when its socket closes, so it never outlives a daemon that was killed.
@@ -98,9 +101,9 @@ class ProcessWriter:
         return self._child.in_flight if self._child is not None else 0
 
     async def start(self) -> None:
-        """Start the child in the background; the first append waits for it."""
+        """Take appends from now on. The child starts with the first one (which waits
+        for it): a daemon that only captures never runs it."""
         self._running = True
-        self._begin_spawn()
 
     async def stop(self) -> None:
         """Commit what was sent, then close the child (it exits once its socket closes)."""

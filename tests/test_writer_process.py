@@ -281,11 +281,13 @@ def test_a_signal_to_the_whole_group_lets_the_posts_under_way_commit(
     assert found is not None and int(found[1]) >= len(statuses)
 
 
-def test_the_writer_never_shows_the_store_url_and_dies_with_a_killed_daemon(
+def test_the_writer_starts_with_the_first_post_never_shows_the_url_and_dies_with_the_daemon(
     tmp_path: Path,
 ) -> None:
     daemon, port, _config = start_daemon(tmp_path)
     try:
+        time.sleep(0.5)
+        assert children(daemon.pid) == []  # started by the first post, not before
         assert post(port, EVENT)["seq"] == 1
         (child,) = children(daemon.pid)
         command_line = Path(f"/proc/{child}/cmdline").read_bytes()
