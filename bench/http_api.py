@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -123,21 +124,29 @@ class Prototype:
 def post_single(quick: bool) -> Result:
     seconds, rounds = (6, 3) if quick else (30, 5)
     result = Result("post_single", "POST one event per request, 64 connections")
-    with workdir("post") as directory:
+    # Every process is stopped however the run ends, one that failed to start included
+    # (a peer that did not start once left both daemons running).
+    with workdir("post") as directory, contextlib.ExitStack() as running:
         port, peer_port, workers_port = free_port(), free_port(), free_port()
         daemon = Daemon(write_config(directory, f"sqlite:///{directory / 'audit.db'}", port=port),
                         port)
+        running.callback(daemon.stop)
         workers = Daemon(write_config(directory, f"sqlite:///{directory / 'workers.db'}",
                                       port=workers_port, workers=WORKERS, name="workers.yaml"),
                          workers_port)
+        running.callback(workers.stop)
         peer = Gunicorn(directory, peer_port)
+        running.callback(peer.stop)
         bare_port = free_port()
         bare = subprocess.Popen(  # the HTTP ceiling: parse and answer, store nothing
             [PY, "-m", "bench.peers.aiohttp_bare", str(bare_port)], cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running.callback(bare.wait, timeout=30)
+        running.callback(bare.terminate)
         _wait_http(f"http://127.0.0.1:{bare_port}/ping")
         proto_port = free_port()
         proto = Prototype(proto_port, directory / "prototype.db")
+        running.callback(proto.stop)
         fsync = _commit_rate(directory / "fsync.db", seconds=3)
         ev_script = _post_script(directory, "event", EVENT)
         seed_script = _post_script(directory, "seed", SEED_BODY)
@@ -151,26 +160,18 @@ def post_single(quick: bool) -> Result:
                 return runs[name][-1]["rps"]
             return go
 
-        try:
-            series = alternate({
-                "Auditor POST /v1/events": bench("auditor", daemon.base + "/v1/events", ev_script),
-                WORKERS_POST: bench("workers", workers.base + "/v1/events", ev_script),
-                "Auditor POST /create_log": bench(
-                    "auditor-seed", daemon.base + "/create_log/073", seed_script),
-                "Flask+sqlite3 /create_log (gunicorn -w4)": bench(
-                    "flask", f"http://127.0.0.1:{peer_port}/create_log/073", seed_script),
-                "bare aiohttp, parse + answer, no storage": bench(
-                    "bare", f"http://127.0.0.1:{bare_port}/v1/events", ev_script),
-                PROTOTYPE_POST: bench(
-                    "prototype", f"http://127.0.0.1:{proto_port}/v1/events", ev_script),
-            }, rounds)
-        finally:
-            daemon.stop()
-            workers.stop()
-            peer.stop()
-            proto.stop()
-            bare.terminate()
-            bare.wait(timeout=30)
+        series = alternate({
+            "Auditor POST /v1/events": bench("auditor", daemon.base + "/v1/events", ev_script),
+            WORKERS_POST: bench("workers", workers.base + "/v1/events", ev_script),
+            "Auditor POST /create_log": bench(
+                "auditor-seed", daemon.base + "/create_log/073", seed_script),
+            "Flask+sqlite3 /create_log (gunicorn -w4)": bench(
+                "flask", f"http://127.0.0.1:{peer_port}/create_log/073", seed_script),
+            "bare aiohttp, parse + answer, no storage": bench(
+                "bare", f"http://127.0.0.1:{bare_port}/v1/events", ev_script),
+            PROTOTYPE_POST: bench(
+                "prototype", f"http://127.0.0.1:{proto_port}/v1/events", ev_script),
+        }, rounds)
     result.rounds = series
     ours = median(series["Auditor POST /v1/events"])
     peer_rps = median(series["Flask+sqlite3 /create_log (gunicorn -w4)"])
