@@ -28,6 +28,7 @@ from storage.store import AuditStore
 from storage.writer import GroupCommitWriter
 from storage.writer_process import ProcessWriter, runs_apart, writer_for
 from tests.daemon import ROOT, free_port, run_cli, wait_for_ping
+from tests.test_workers import descendants
 from web.app import create_app
 from web.keys import WRITER
 
@@ -48,6 +49,15 @@ def process_writer(client: TestClient[Any, Any]) -> ProcessWriter:
     return writer
 
 
+async def first_post(client: TestClient[Any, Any]) -> tuple[ProcessWriter, int]:
+    """Post one event (which starts the writer process); the writer and its child's pid."""
+    writer = process_writer(client)
+    assert (await client.post("/v1/events", json=EVENT)).status == 201
+    pid = writer.pid
+    assert pid is not None and pid != os.getpid()
+    return writer, pid
+
+
 async def until(check: Callable[[], bool]) -> None:
     """Poll `check` (the writer's own state, which nothing signals) for up to 20 s."""
     async with asyncio.timeout(20):
@@ -55,7 +65,8 @@ async def until(check: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-def gone(pid: int, timeout: float = 20) -> bool:
+def exited(pid: int, timeout: float = 20) -> bool:
+    """Whether `pid` has exited within `timeout` s (a zombie counts: its parent may be gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -99,11 +110,7 @@ def test_only_sqlite_files_of_a_lone_daemon_get_a_writer_process(tmp_path: Path)
 async def test_posts_held_together_share_one_commit_and_answer_as_stored(
     sqlite_api: TestClient[Any, Any],
 ) -> None:
-    writer = process_writer(sqlite_api)
-    first = await sqlite_api.post("/v1/events", json=EVENT)
-    assert first.status == 201
-    pid = writer.pid
-    assert pid is not None and pid != os.getpid()
+    writer, pid = await first_post(sqlite_api)
     # Stopped, the child cannot read: every post below waits in its socket, and
     # once it runs again it takes them all into one transaction.
     os.kill(pid, signal.SIGSTOP)
@@ -153,10 +160,7 @@ async def test_an_id_posted_again_answers_the_stored_event(
 async def test_a_writer_that_dies_mid_commit_fails_its_requests_and_is_started_again(
     sqlite_api: TestClient[Any, Any],
 ) -> None:
-    writer = process_writer(sqlite_api)
-    assert (await sqlite_api.post("/v1/events", json=EVENT)).status == 201
-    pid = writer.pid
-    assert pid is not None
+    writer, pid = await first_post(sqlite_api)
     os.kill(pid, signal.SIGSTOP)
     post = asyncio.create_task(sqlite_api.post("/v1/events", json=EVENT))
     await until(lambda: writer.in_flight == 1)
@@ -173,10 +177,7 @@ async def test_a_writer_that_dies_mid_commit_fails_its_requests_and_is_started_a
 async def test_a_store_the_writer_cannot_open_is_a_503_until_it_can(
     sqlite_api: TestClient[Any, Any], tmp_path: Path
 ) -> None:
-    writer = process_writer(sqlite_api)
-    assert (await sqlite_api.post("/v1/events", json=EVENT)).status == 201
-    pid = writer.pid
-    assert pid is not None
+    writer, pid = await first_post(sqlite_api)
     os.kill(pid, signal.SIGKILL)
     await until(lambda: writer.pid is None)
     database = tmp_path / "audit.db"
@@ -201,19 +202,6 @@ def post(port: int, body: dict[str, Any]) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=30) as response:
         answer: dict[str, Any] = json.loads(response.read())
         return answer
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def start_daemon(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -261,10 +249,10 @@ def test_a_signal_to_the_whole_group_lets_the_posts_under_way_commit(
         for poster in posters:
             poster.start()
         time.sleep(1)
-        (child,) = children(daemon.pid)
+        (child,) = descendants(daemon.pid)
         os.killpg(daemon.pid, signum)  # the writer gets it too, as from a Ctrl-C
         assert daemon.wait(timeout=60) == 0
-        assert gone(child)
+        assert exited(child)
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -287,15 +275,15 @@ def test_the_writer_starts_with_the_first_post_never_shows_the_url_and_dies_with
     daemon, port, _config = start_daemon(tmp_path)
     try:
         time.sleep(0.5)
-        assert children(daemon.pid) == []  # started by the first post, not before
+        assert descendants(daemon.pid) == set()  # started by the first post, not before
         assert post(port, EVENT)["seq"] == 1
-        (child,) = children(daemon.pid)
+        (child,) = descendants(daemon.pid)
         command_line = Path(f"/proc/{child}/cmdline").read_bytes()
         assert b"storage.writer_process" in command_line
         assert b"secret-store-name" not in command_line
         daemon.kill()
         daemon.wait(timeout=10)
-        assert gone(child), "the writer process outlived its daemon"
+        assert exited(child), "the writer process outlived its daemon"
     finally:
         if daemon.poll() is None:
             daemon.kill()
