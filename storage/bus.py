@@ -16,7 +16,8 @@ so a subscriber that also reads a backlog from the store can skip what it has
 already sent.
 
 When other processes append to the same store (the API workers of
-`server.workers`), commit listeners hear only this process's commits: the bus
+`server.workers`, or the daemon's store writer process, whose commits reach
+this process's listeners in an order that need not be the store's), the bus
 then *follows* the store instead (`follow`), reading every event after the
 last position it delivered whenever it is woken (a commit here, `wake` from a
 watch on the store's files, or every `FOLLOW_INTERVAL` seconds), and only
