@@ -227,6 +227,13 @@ class Daemon:
         with urllib.request.urlopen(self.base + path, timeout=30) as response:
             return json.loads(response.read())
 
+    def post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            self.base + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
     def rss_kb(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) in KiB."""
         rss = hwm = 0
