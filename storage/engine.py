@@ -163,6 +163,17 @@ class Engines:
             self.write_lock.close()
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite store URL that Auditor opens itself too (its own readers,
+    the write lock, another process's connections), or None: not SQLite, in memory,
+    or with URL options (mode=ro, …), which are SQLAlchemy's to apply."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if parsed.query else database
+
+
 def create_engines(url: str, *, shared: bool = False) -> Engines:
     """The store's engines; `shared` when other processes append to it too (a SQLite
     file then gets a `WriteLock`)."""
@@ -172,9 +183,9 @@ def create_engines(url: str, *, shared: bool = False) -> Engines:
         statements = write_lock = None
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            if not parsed.query:  # URL options (mode=ro, …) are SQLAlchemy's to apply
-                statements = StatementReader(database)
-                write_lock = WriteLock(database) if shared else None
+        if (file := sqlite_file(url)) is not None:
+            statements = StatementReader(file)
+            write_lock = WriteLock(file) if shared else None
         return Engines(
             write=_sqlite_engine(url, begin="BEGIN IMMEDIATE"),
             read=_sqlite_engine(url, begin="BEGIN"),

@@ -54,8 +54,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
+from storage.engine import create_engines, sqlite_file
+from storage.events import NewEvent
 from storage.store import Appended, AppendRequest, AuditStore, StorageError
 from storage.writer import MAX_EVENTS_PER_COMMIT, GroupCommitWriter, Writer
 
@@ -168,6 +168,7 @@ class _Child:
         self._flush_scheduled = False
         self._sent: deque[tuple[AppendRequest, asyncio.Future[list[Appended]]]] = deque()
         self.alive = True
+        self._loop = asyncio.get_running_loop()  # each call of that asks the OS for the pid
         self._answers = asyncio.create_task(self._read_answers(), name="store-writer-answers")
 
     @classmethod
@@ -210,7 +211,7 @@ class _Child:
         return len(self._sent)
 
     async def append(self, request: AppendRequest) -> list[Appended]:
-        future: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Appended]] = self._loop.create_future()
         self._outbox.append(request)
         self._outbox_futures.append(future)
         self._outbox_events += len(request.events)
@@ -218,7 +219,7 @@ class _Child:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
@@ -286,7 +287,7 @@ async def _close_socket(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-def _rebuild(new: Any, found: Any) -> Appended:
+def _rebuild(new: NewEvent, found: Any) -> Appended:
     if isinstance(found, Appended):  # not created: the stored event came whole
         return found
     position, seq, recorded_at, leaf = found
@@ -309,14 +310,7 @@ def runs_apart(url: str) -> bool:
     SQLite files (without URL options, which the child could not share a write lock
     under). In-memory SQLite lives in one process; on PostgreSQL live tails hear of
     commits in commit order only from a writer in the daemon itself (`storage.bus`)."""
-    parsed = make_url(url)
-    database = parsed.database
-    return (
-        parsed.get_backend_name() == "sqlite"
-        and bool(database)
-        and database != ":memory:"
-        and not parsed.query
-    )
+    return sqlite_file(url) is not None
 
 
 def writer_for(store: AuditStore, url: str, *, alone: bool) -> Writer:
@@ -433,8 +427,6 @@ def serve(sock: socket.socket) -> int:
     except EOFError:
         return 0
     try:
-        from storage.engine import create_engines
-
         store = AuditStore(create_engines(url, shared=True))
         store.ping()
     except Exception as exc:
