@@ -2,7 +2,8 @@
 
 The app registers `store` (the store answers `ping`); the capture wiring
 registers its own (capture is running) through `app[READINESS].add(...)`.
-A check that raises or does not answer within the timeout counts as not ready.
+A check that raises or does not answer within its timeout (CHECK_TIMEOUT unless
+it was registered with its own) counts as not ready.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ class Readiness:
     """A registry of named readiness checks."""
 
     def __init__(self, timeout: float = CHECK_TIMEOUT) -> None:
-        self._checks: dict[str, ReadinessCheck] = {}
+        self._checks: dict[str, tuple[ReadinessCheck, float]] = {}
         self._timeout = timeout
 
-    def add(self, name: str, check: ReadinessCheck) -> None:
-        """Register `check` under `name`, replacing any check of that name."""
-        self._checks[name] = check
+    def add(self, name: str, check: ReadinessCheck, timeout: float | None = None) -> None:
+        """Register `check` under `name`, replacing any check of that name.
+
+        `timeout` (seconds) bounds this check alone; by default the registry's.
+        """
+        self._checks[name] = (check, self._timeout if timeout is None else timeout)
 
     @property
     def names(self) -> list[str]:
@@ -41,11 +45,12 @@ class Readiness:
         return dict(zip(names, results, strict=True))
 
     async def _run_one(self, name: str) -> str | None:
+        check, timeout = self._checks[name]
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._checks[name]()
+            async with asyncio.timeout(timeout):
+                return await check()
         except TimeoutError:
-            return f"no answer within {self._timeout:g} s"
+            return f"no answer within {timeout:g} s"
         except Exception as exc:
             log.warning("readiness check %r failed", name, exc_info=True)
             return f"check failed: {exc.__class__.__name__}"
