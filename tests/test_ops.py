@@ -119,12 +119,16 @@ async def test_request_durations_are_labelled_by_route_template(api: Client) -> 
         assert (await api.get(f"/v1/events/{posted['id']}")).status == 200
     assert (await api.get("/v1/events/0193c1c4-5a1e-7c3b-9f4e-2b8d1c0a9e78")).status == 404
     assert (await api.get("/no/such/route")).status == 404
+    for method in ("PROPFIND", "MKCOL"):  # methods HTTP knows, none of them a series
+        assert (await api.request(method, "/v1/events")).status == 405
     counts = samples(await metrics_text(api), "auditor_http_request_duration_seconds_count")
     route = "/v1/events/{event_id}"
     assert counts[(("method", "GET"), ("route", route), ("status", "200"))] == 2
     assert counts[(("method", "GET"), ("route", route), ("status", "404"))] == 1
     assert counts[(("method", "POST"), ("route", "/v1/events"), ("status", "201"))] == 1
     assert counts[(("method", "GET"), ("route", "unmatched"), ("status", "404"))] == 1
+    assert counts[(("method", "other"), ("route", "unmatched"), ("status", "405"))] == 2
+    assert not any(value in ("PROPFIND", "MKCOL") for labels in counts for _, value in labels)
     assert not any(posted["id"] in value for labels in counts for _, value in labels)
 
 

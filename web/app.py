@@ -36,12 +36,14 @@ def create_app(config: Config, store: AuditStore) -> web.Application:
     """Build the API over an open store. The app owns the group-commit writer
     (`storage.writer_process.writer_for`): started with the app, drained and
     stopped on shutdown."""
-    # Auth inside the error middleware, so its refusals get each route family's error shape.
+    # Auth inside the error middleware, so its refusals get each route family's error
+    # shape; without tokens it would pass every request on, so it is left out.
+    auth = [auth_middleware(config.auth)] if config.auth.tokens else []
     app = web.Application(
         middlewares=[
             timing_middleware,  # outermost: sees the status the client gets
             error_middleware,
-            auth_middleware(config.auth),
+            *auth,
             store_error_middleware,  # innermost: sees store errors before they become responses
         ],
         client_max_size=MAX_BODY,

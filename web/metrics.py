@@ -6,8 +6,9 @@ an app's numbers must be its own. What feeds each metric:
 - `auditor_events_stored_total{stream,event_type}`: the store's commit listener,
   so every writer counts (the API, capture, redactions);
 - `auditor_http_request_duration_seconds{route,method,status}`: `timing_middleware`,
-  labelled by route template (`/v1/events/{event_id}`), never the raw path, so
-  the number of series stays bounded;
+  labelled by route template (`/v1/events/{event_id}`), never the raw path, and
+  by method only when it is a standard one (`other` otherwise), so the number of
+  series stays bounded whatever clients send;
 - `auditor_store_errors_total`: `store_error_middleware` (a request failed because
   of the store), the readiness check, and capture through `Metrics.store_errors`;
 - `auditor_capture_backlog{source}`, `auditor_capture_lag_seconds{source}`: set by
@@ -31,6 +32,8 @@ from storage.store import Appended, StorageError
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNMATCHED_ROUTE = "unmatched"
+OTHER_METHOD = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -68,12 +71,23 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        # Labelled children, kept: `labels()` costs more than the observation itself on
+        # the POST path. Both keys are bounded (route templates x METHODS x statuses;
+        # configured streams x event types).
+        self._durations: dict[tuple[str, str, int], Histogram] = {}
+        self._stored: dict[tuple[str, str], Counter] = {}
 
     def count_committed(self, appended: list[Appended]) -> None:
         """A store commit listener: count each created event once."""
         tally = Tally((a.event.stream, a.event.event_type.value) for a in appended if a.created)
-        for (stream, event_type), count in tally.items():
-            self.events_stored.labels(stream=stream, event_type=event_type).inc(count)
+        for key, count in tally.items():
+            counter = self._stored.get(key)
+            if counter is None:
+                stream, event_type = key
+                counter = self._stored[key] = self.events_stored.labels(
+                    stream=stream, event_type=event_type
+                )
+            counter.inc(count)
 
     def set_capture(self, source: str, backlog: int, lag_seconds: float) -> None:
         self.capture_backlog.labels(source=source).set(backlog)
@@ -82,9 +96,14 @@ class Metrics:
     def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else UNMATCHED_ROUTE
-        self.request_duration.labels(
-            route=route, method=request.method, status=str(status)
-        ).observe(seconds)
+        method = request.method if request.method in METHODS else OTHER_METHOD
+        key = (route, method, status)
+        histogram = self._durations.get(key)
+        if histogram is None:
+            histogram = self._durations[key] = self.request_duration.labels(
+                route=route, method=method, status=str(status)
+            )
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
