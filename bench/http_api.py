@@ -484,7 +484,7 @@ def profile_ingest(quick: bool) -> str:
     from bench.drain import summarize
     from commands.serve import settle_collector
     from storage.store import AppendRequest, AuditStore
-    from web.event_routes import _parse_posted
+    from web.ingest import parse_posted
 
     single = json.dumps(EVENT).encode()
     batch = json.dumps({"events": [EVENT] * 1000}).encode()
@@ -495,10 +495,10 @@ def profile_ingest(quick: bool) -> str:
         profiler = Profiler(interval=0.0005)
         profiler.start()
         for _ in range(n // 64):
-            store.append([AppendRequest(_parse_posted(single, "application/json")[0])
+            store.append([AppendRequest(parse_posted(single, "application/json")[0])
                           for _ in range(64)])
         for _ in range(n // 1000):
-            store.append([AppendRequest(_parse_posted(batch, "application/json")[0])])
+            store.append([AppendRequest(parse_posted(batch, "application/json")[0])])
         profiler.stop()
         store.close()
     RESULTS.mkdir(parents=True, exist_ok=True)

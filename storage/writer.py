@@ -19,13 +19,25 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from storage.store import Appended, AppendRequest, AuditStore, StorageError
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_COMMIT = 20_000
+
+
+class Submitted(NamedTuple):
+    """Work for a store writer process that turns into an append there: the child
+    imports `codec` (a module path), runs `codec.prepare(payload)`, which returns
+    `(AppendRequest, state)` or `(None, answer)`, commits the request with the
+    others that arrived, and answers with `codec.answer(state, appended)`.
+    Parsing a small POST where it is committed keeps it off the daemon's event loop
+    (`web.ingest`)."""
+
+    codec: str
+    payload: Any
 
 
 class Writer(Protocol):

@@ -25,11 +25,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from config import load_config
 from storage.store import AuditStore
-from storage.writer import GroupCommitWriter
+from storage.writer import GroupCommitWriter, Submitted
 from storage.writer_process import ProcessWriter, runs_apart, writer_for
 from tests.daemon import ROOT, free_port, run_cli, wait_for_ping
 from tests.test_workers import descendants
 from web.app import create_app
+from web.event_routes import PARSE_APART_MAX
 from web.keys import WRITER
 
 EVENT = {
@@ -120,7 +121,7 @@ async def test_posts_held_together_share_one_commit_and_answer_as_stored(
             **EVENT,
             "entity_id": f"ch_{i}",
             # Microseconds and an offset: the store keeps UTC milliseconds, and the
-            # answer, rebuilt in the daemon, must say what the child stored.
+            # answer must say what the child stored.
             "occurred_at": f"2026-11-28T13:00:00.{i:03d}987+02:00",
         }
         for i in range(20)
@@ -155,6 +156,50 @@ async def test_an_id_posted_again_answers_the_stored_event(
     both = await sqlite_api.post("/v1/events", json={"events": [body, body]})
     assert both.status == 200
     assert [e["seq"] for e in (await both.json())["events"]] == [1, 1]
+
+
+async def test_small_posts_are_parsed_in_the_writer_process_and_large_ones_on_the_loop(
+    sqlite_api: TestClient[Any, Any],
+) -> None:
+    writer, pid = await first_post(sqlite_api)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # A small post goes to the stopped child unparsed: even its refusal waits.
+        small = asyncio.create_task(sqlite_api.post("/v1/events", json={"entity": "charge"}))
+        await until(lambda: writer.in_flight == 1)
+        # A large batch is parsed on the loop: refused while the child is still stopped.
+        events = [{**EVENT, "entity_id": f"ch_{i}"} for i in range(200)] + [{"entity": "c"}]
+        assert len(json.dumps({"events": events})) > PARSE_APART_MAX
+        large = await sqlite_api.post("/v1/events", json={"events": events})
+        assert large.status == 422
+        assert (await large.json())["errors"] == [
+            {"field": "events[200].event_type", "message": "is required"}
+        ]
+        assert not small.done()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    refused = await small
+    assert refused.status == 422
+    assert refused.content_type == "application/problem+json"
+    assert await refused.json() == {
+        "type": "about:blank",
+        "status": 422,
+        "title": "Unprocessable Entity",
+        "detail": "invalid event",
+        "errors": [{"field": "event_type", "message": "is required"}],
+    }
+    listed = await (await sqlite_api.get("/v1/events")).json()
+    assert len(listed["events"]) == 1  # the first post only: nothing refused was stored
+
+
+async def test_a_failing_codec_is_an_error_of_its_request_alone(
+    sqlite_api: TestClient[Any, Any],
+) -> None:
+    writer, pid = await first_post(sqlite_api)
+    with pytest.raises(RuntimeError, match=r"tests\.no_such_codec failed: ModuleNotFoundError"):
+        await writer.submit(Submitted("tests.no_such_codec", b""))
+    assert writer.pid == pid  # the child goes on
+    assert (await sqlite_api.post("/v1/events", json=EVENT)).status == 201
 
 
 async def test_a_writer_that_dies_mid_commit_fails_its_requests_and_is_started_again(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from web.problems import Problem
+from web.errors import Problem
+from web.serialize import parse_json
 
 MAX_BODY = 10 * 1024 * 1024
 
@@ -23,20 +23,6 @@ async def read_body(request: web.Request) -> bytes:
         raise Problem(413, "request body is larger than 10 MiB") from exc
 
 
-def parse_json(raw: bytes, what: str = "body") -> Any:
-    if not raw.strip():
-        raise Problem(400, f"{what} is empty; a JSON document is expected")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Problem(400, f"{what} is not valid JSON: {_short(exc)}") from exc
-
-
 async def read_json(request: web.Request) -> Any:
     """A JSON body whatever the Content-Type says (the seed's curl lines send form encoding)."""
     return parse_json(await read_body(request))
-
-
-def _short(exc: orjson.JSONDecodeError) -> str:
-    message = str(exc.msg) if hasattr(exc, "msg") else str(exc)
-    return message[:200]

@@ -1,27 +1,38 @@
 """`/v1/events`: query with filters and keyset pagination, fetch one, post events.
 
-Posting accepts one event, `{"events": [...]}` (all or nothing), NDJSON and
-CloudEvents (structured and batch). Every acknowledged event is committed
-(through the group-commit writer) before the response is sent.
+Posting accepts what `web.ingest` parses: one event, `{"events": [...]}` (all or
+nothing), NDJSON and CloudEvents (structured and batch). Every acknowledged event
+is committed (through the app's group-commit writer) before the response is sent.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from storage.events import NewEvent, to_ms
 from storage.query import MAX_LIMIT, CursorError, EventQuery, decode_cursor, encode_cursor
 from storage.store import Appended, AppendRequest, AuditStore, StorageError
-from storage.writer_process import WriterLost
-from web.bodies import parse_json, read_body
+from storage.writer import Submitted
+from storage.writer_process import ProcessWriter, WriterLost
+from web import ingest
+from web.bodies import read_body
 from web.keys import STORE, WRITER, read_in_reader
+from web.metrics import METRICS
 from web.problems import Problem
 from web.serialize import dumps, event_json, stored_event_json
-from web.validation import MAX_BATCH, FieldError, ValidationFailed, parse_event, parse_time
+from web.validation import FieldError, parse_time
+
+T = TypeVar("T")
+JSON = "application/json"
+PARSE_APART_MAX = 32 * 1024
+"""Bodies up to this size are parsed in the store writer process, where there is one
+(`web.ingest`); larger ones on the loop, which parses a batch while the one before
+commits."""
 
 FILTER_NAMES = (
     "actor",
@@ -36,17 +47,12 @@ FILTER_NAMES = (
 )
 """The query filters shared by `/v1/events`, `/v1/export` and `/v1/tail`."""
 QUERY_PARAMS = frozenset({*FILTER_NAMES, "order", "limit", "cursor"})
-JSON_TYPES = frozenset({"application/json", "text/json", ""})
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
-CLOUDEVENT = "application/cloudevents+json"
-CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
-_CLOUDEVENTS_NAMESPACE = uuid.UUID("6f1b4b3e-7a52-4e5c-9d2a-6b0c8f1d2e3a")
 
 routes = web.RouteTableDef()
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=dumps(body), content_type="application/json")
+    return web.Response(status=status, body=dumps(body), content_type=JSON)
 
 
 def parse_query(params: Any, *, allowed: frozenset[str] = QUERY_PARAMS) -> EventQuery:
@@ -162,19 +168,40 @@ def canonical_uuid(value: str) -> str | None:
 async def post_events(request: web.Request) -> web.Response:
     raw = await read_body(request)
     content_type = request.content_type.lower() if request.headers.get("Content-Type") else ""
-    events, single = _parse_posted(raw, content_type)
-    results = await append(request, events)
-    status = 201 if any(r.created for r in results) else 200
-    if single:
-        response = json_response(event_json(results[0].event), status)
-        response.headers["Location"] = f"/v1/events/{results[0].event.id}"
-        return response
-    return json_response({"events": [event_json(r.event) for r in results]}, status)
+    writer = request.app[WRITER]
+    if isinstance(writer, ProcessWriter) and len(raw) <= PARSE_APART_MAX:
+        posted = await _post_apart(request, writer, raw, content_type)
+    else:
+        events, single = ingest.parse_posted(raw, content_type)
+        posted = ingest.answer_posted(await append(request, events), single)
+    response = web.Response(status=posted.status, body=posted.body, content_type=JSON)
+    if posted.location is not None:
+        response.headers["Location"] = posted.location
+    return response
+
+
+async def _post_apart(
+    request: web.Request, writer: ProcessWriter, raw: bytes, content_type: str
+) -> ingest.Posted:
+    """Parsed, committed and answered in the store writer process (`web.ingest`)."""
+    outcome = await _writing(writer.submit(Submitted(ingest.__name__, (raw, content_type))))
+    if isinstance(outcome, ingest.Refusal):
+        raise outcome.problem()
+    assert isinstance(outcome, ingest.Posted)
+    # The commit listeners heard of the commit but not of these events, which this
+    # process never had: count them here (aiohttp does not cancel a handler whose
+    # client went away, so the count follows the commit).
+    request.app[METRICS].count_stored(outcome.stored)
+    return outcome
 
 
 async def append(request: web.Request, events: list[NewEvent]) -> list[Appended]:
+    return await _writing(request.app[WRITER].append(AppendRequest(events)))
+
+
+async def _writing(work: Awaitable[T]) -> T:
     try:
-        return await request.app[WRITER].append(AppendRequest(events))
+        return await work
     except WriterLost as exc:
         raise Problem(
             503,
@@ -183,109 +210,3 @@ async def append(request: web.Request, events: list[NewEvent]) -> list[Appended]
         ) from exc
     except StorageError as exc:
         raise Problem(503, "the audit store is unavailable; nothing was stored") from exc
-
-
-def _parse_posted(raw: bytes, content_type: str) -> tuple[list[NewEvent], bool]:
-    if content_type in NDJSON_TYPES:
-        return _parse_ndjson(raw), False
-    if content_type == CLOUDEVENT:
-        body = parse_json(raw)
-        return _collect([lambda: _parse_cloudevent(body, "")]), True
-    if content_type == CLOUDEVENTS_BATCH:
-        body = parse_json(raw)
-        if not isinstance(body, list) or not body:
-            raise Problem(400, "a CloudEvents batch must be a non-empty JSON array")
-        _check_batch_size(len(body))
-        return _collect(
-            [
-                lambda i=i, item=item: _parse_cloudevent(item, f"[{i}].")
-                for i, item in enumerate(body)
-            ]
-        ), False
-    if content_type not in JSON_TYPES:
-        raise Problem(415, f"unsupported content type {content_type[:100]!r}")
-    body = parse_json(raw)
-    if isinstance(body, dict) and "events" in body and "entity" not in body:
-        items = body["events"]
-        if len(body) > 1:
-            raise Problem(422, "invalid batch", [FieldError("body", "only 'events' is allowed")])
-        if not isinstance(items, list) or not items:
-            raise Problem(422, "invalid batch", [FieldError("events", "must be a non-empty list")])
-        _check_batch_size(len(items))
-        return _collect(
-            [
-                lambda i=i, item=item: parse_event(item, prefix=f"events[{i}].")
-                for i, item in enumerate(items)
-            ]
-        ), False
-    return _collect([lambda: parse_event(body)]), True
-
-
-def _parse_ndjson(raw: bytes) -> list[NewEvent]:
-    lines = [line for line in raw.split(b"\n") if line.strip()]
-    if not lines:
-        raise Problem(400, "the NDJSON body has no events")
-    _check_batch_size(len(lines))
-    return _collect(
-        [
-            lambda n=n, line=line: parse_event(parse_json(line, f"line {n}"), prefix=f"[{n}].")
-            for n, line in enumerate(lines, start=1)
-        ]
-    )
-
-
-def _parse_cloudevent(body: Any, prefix: str) -> NewEvent:
-    """A CloudEvent whose `data` is an Auditor event; its attributes fill what `data` leaves out."""
-    if not isinstance(body, dict):
-        raise ValidationFailed([FieldError(prefix.rstrip(".") or "body", "must be a JSON object")])
-    errors = [
-        FieldError(f"{prefix}{key}", "is required")
-        for key in ("specversion", "id", "source", "type")
-        if not isinstance(body.get(key), str) or not body.get(key)
-    ]
-    data = body.get("data")
-    if not isinstance(data, dict):
-        errors.append(FieldError(f"{prefix}data", "must be a JSON object (an Auditor event)"))
-    if errors:
-        raise ValidationFailed(errors)
-    assert isinstance(data, dict)
-    merged = dict(data)
-    merged.setdefault("action", body["type"])
-    if body.get("subject") is not None:
-        merged.setdefault("entity_id", body["subject"])
-    if body.get("time") is not None:
-        merged.setdefault("occurred_at", body["time"])
-    merged.setdefault("id", _cloudevent_id(body["source"], body["id"]))
-    given = merged.get("metadata")
-    metadata: dict[str, Any] = given if isinstance(given, dict) else {}
-    merged["metadata"] = {**metadata, "cloudevents": {"source": body["source"], "id": body["id"]}}
-    return parse_event(merged, prefix=f"{prefix}data.")
-
-
-def _cloudevent_id(source: str, event_id: str) -> str:
-    """CloudEvents are unique by (source, id): the same pair always maps to the same event id."""
-    try:
-        return str(uuid.UUID(event_id))
-    except ValueError:
-        return str(uuid.uuid5(_CLOUDEVENTS_NAMESPACE, f"{source}\n{event_id}"))
-
-
-def _check_batch_size(count: int) -> None:
-    if count > MAX_BATCH:
-        raise Problem(413, f"a batch may hold at most {MAX_BATCH} events, this one has {count}")
-
-
-def _collect(parsers: list[Any]) -> list[NewEvent]:
-    """Run every parser; report every invalid event at once (all or nothing)."""
-    events: list[NewEvent] = []
-    errors: list[FieldError] = []
-    for parse in parsers:
-        try:
-            events.append(parse())
-        except ValidationFailed as exc:
-            errors.extend(exc.errors)
-        except Problem as exc:
-            errors.append(FieldError("body", exc.detail))
-    if errors:
-        raise Problem(422, "invalid event" if len(parsers) == 1 else "invalid events", errors[:100])
-    return events

@@ -4,7 +4,8 @@ Never the process-global registry: tests build many apps in one process, and
 an app's numbers must be its own. What feeds each metric:
 
 - `auditor_events_stored_total{stream,event_type}`: the store's commit listener,
-  so every writer counts (the API, capture, redactions);
+  so every writer counts (the API, capture, redactions), and `POST /v1/events`
+  for the posts the store writer process parsed (`count_stored`);
 - `auditor_http_request_duration_seconds{route,method,status}`: `timing_middleware`,
   labelled by route template (`/v1/events/{event_id}`), never the raw path, and
   by method only when it is a standard one (`other` otherwise), so the number of
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -80,11 +81,15 @@ class Metrics:
     def count_committed(self, appended: list[Appended]) -> None:
         """A store commit listener: count each created event once."""
         tally = Tally((a.event.stream, a.event.event_type.value) for a in appended if a.created)
-        for key, count in tally.items():
-            counter = self._stored.get(key)
+        self.count_stored((stream, kind, count) for (stream, kind), count in tally.items())
+
+    def count_stored(self, stored: Iterable[tuple[str, str, int]]) -> None:
+        """Count (stream, event type, count) created events: the store writer process's
+        answers to the posts it parsed, which no commit listener sees as events."""
+        for stream, event_type, count in stored:
+            counter = self._stored.get((stream, event_type))
             if counter is None:
-                stream, event_type = key
-                counter = self._stored[key] = self.events_stored.labels(
+                counter = self._stored[stream, event_type] = self.events_stored.labels(
                     stream=stream, event_type=event_type
                 )
             counter.inc(count)

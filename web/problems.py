@@ -10,13 +10,12 @@ logged with their traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from web.errors import Problem
 from web.serialize import dumps
-from web.validation import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +23,14 @@ PROBLEM_JSON = "application/problem+json"
 SEED_PREFIXES = ("/ping", "/get_log/", "/create_log/", "/update_log/", "/delete_log/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Problem(Exception):
-    """Raise from a handler to answer with this status, detail and field errors."""
-
-    def __init__(
-        self, status: int, detail: str, errors: Sequence[FieldError] = (), title: str | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = list(errors)
-        self.title = title or HTTPStatus(status).phrase
+__all__ = [
+    "PROBLEM_JSON",
+    "SEED_PREFIXES",
+    "Problem",
+    "error_middleware",
+    "problem_response",
+    "seed_failure",
+]
 
 
 def problem_response(problem: Problem) -> web.Response:

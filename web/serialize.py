@@ -1,4 +1,5 @@
-"""Converting stored events to the JSON shapes of the API (v1 and the seed routes)."""
+"""The API's JSON: stored events in the shapes of the API (v1 and the seed routes), and
+posted documents read (`parse_json`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import orjson
 
 from storage.events import AuditEvent, format_ms, format_time
+from web.errors import Problem
 
 EVENT_FIELDS = (
     "id",
@@ -103,3 +105,18 @@ def seed_event_json(event: AuditEvent) -> dict[str, Any]:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+def parse_json(raw: bytes, what: str = "body") -> Any:
+    """A posted JSON document; `Problem(400)` saying what is wrong with it."""
+    if not raw.strip():
+        raise Problem(400, f"{what} is empty; a JSON document is expected")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(400, f"{what} is not valid JSON: {_short(exc)}") from exc
+
+
+def _short(exc: orjson.JSONDecodeError) -> str:
+    message = str(exc.msg) if hasattr(exc, "msg") else str(exc)
+    return message[:200]
