@@ -32,9 +32,10 @@ class Submitted(NamedTuple):
     """Work for a store writer process that turns into an append there: the child
     imports `codec` (a module path), runs `codec.prepare(payload)`, which returns
     `(AppendRequest, state)` or `(None, answer)`, commits the request with the
-    others that arrived, and answers with `codec.answer(state, appended)`.
-    Parsing a small POST where it is committed keeps it off the daemon's event loop
-    (`web.ingest`)."""
+    others that arrived, and answers with `codec.answer(state, appended)`, which
+    must pickle and be neither a `str` nor an exception (those say the work
+    failed). Parsing a small POST where it is committed keeps it off the daemon's
+    event loop (`web.ingest`)."""
 
     codec: str
     payload: Any
