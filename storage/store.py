@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Connection, String, any_, bindparam, func, select, update
@@ -99,6 +99,18 @@ class Appended:
     created: bool
     position: int | None = None
     """The event's place in the store's global insertion order (its pk), when `created`."""
+
+
+@by_position
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A created event as `append_created` answers it: only what the store added to
+    the `NewEvent` the caller already has (`AuditStore.created_event` makes the rest)."""
+
+    position: int
+    seq: int
+    recorded_at: datetime
+    hash: str
 
 
 CommitListener = Callable[[list[Appended]], None]
@@ -196,28 +208,44 @@ class AuditStore:
 
     def append(self, requests: Sequence[AppendRequest]) -> list[list[Appended]]:
         """Store every request's events in one transaction; results in request order."""
+        return cast(list[list[Appended]], self._append(requests, events=True))
+
+    def append_created(self, requests: Sequence[AppendRequest]) -> list[list[Appended | Created]]:
+        """`append`, for a caller that has the events it appends (the store writer
+        process): each event created comes back as `Created`, without building the
+        stored event (9 % of that process's time under 1,000-event posts); one
+        stored before, under its client id, as `Appended`. With commit listeners,
+        which hear of whole events, as `append`."""
+        return self._append(requests, events=bool(self._commit_listeners))
+
+    def _append(
+        self, requests: Sequence[AppendRequest], *, events: bool
+    ) -> list[list[Appended | Created]]:
         with self._append_lock, self._engines.exclusive():
             try:
                 with self._engines.write.begin() as conn:
-                    results, touched = self._append_in(conn, requests)
+                    results, touched = self._append_in(conn, requests, events=events)
             except SQLAlchemyError as exc:
                 raise StorageError(f"append failed: {exc.__class__.__name__}") from exc
             self._frontiers.update(touched)
-            self._notify(results)
+            if events:
+                self._notify(cast(list[list[Appended]], results))
         return results
 
     def _append_in(
-        self, conn: Connection, requests: Sequence[AppendRequest]
-    ) -> tuple[list[list[Appended]], dict[str, dict[tuple[int, int], bytes]]]:
+        self, conn: Connection, requests: Sequence[AppendRequest], *, events: bool = True
+    ) -> tuple[list[list[Appended | Created]], dict[str, dict[tuple[int, int], bytes]]]:
+        """The append's statements; created events as `Appended` when `events`, else
+        as `Created`."""
         now = truncate_to_millis(utc_now())
         now_ms = to_ms(now)
         # Only a client can send an id again; ids made here or by capture are new.
         client_ids = [e.id for request in requests for e in request.events if e.client_id]
         stored = self._events_by_id(conn, client_ids) if client_ids else {}
-        results: list[list[Appended | None]] = [[None] * len(r.events) for r in requests]
+        results: list[list[Appended | Created | None]] = [[None] * len(r.events) for r in requests]
         fresh: list[tuple[int, int, NewEvent]] = []
-        claimed: dict[str, tuple[int, int]] = {}
-        duplicates: list[tuple[int, int, tuple[int, int]]] = []
+        claimed: dict[str, int] = {}  # id -> its place in `fresh`
+        duplicates: list[tuple[int, int, int]] = []
         for ri, request in enumerate(requests):
             for ei, new in enumerate(request.events):
                 if new.id in stored:
@@ -225,7 +253,7 @@ class AuditStore:
                 elif new.id in claimed:
                     duplicates.append((ri, ei, claimed[new.id]))
                 else:
-                    claimed[new.id] = (ri, ei)
+                    claimed[new.id] = len(fresh)
                     fresh.append((ri, ei, new))
 
         counts: dict[str, int] = {}
@@ -238,7 +266,7 @@ class AuditStore:
         }
         first_seq = dict(next_seq)
         leaves: dict[str, list[bytes]] = {stream: [] for stream in counts}
-        prepared: list[AuditEvent] = []
+        prepared: list[tuple[int, datetime, str]] = []  # each fresh event's seq, time, hash
 
         def event_rows(pks: list[int]) -> Iterator[list[Any]]:
             # A generator, so that on PostgreSQL the rows already sent are indexed by
@@ -246,17 +274,25 @@ class AuditStore:
             for pk, (_, _, new) in zip(pks, fresh, strict=True):
                 seq = next_seq[new.stream]
                 next_seq[new.stream] = seq + 1
-                row, event = _prepare(new, seq, now, now_ms)
+                row, occurred_at, leaf = _prepare(new, seq, now_ms)
                 row[0] = pk
-                prepared.append(event)
-                leaves[new.stream].append(bytes.fromhex(event.hash))
+                prepared.append((seq, occurred_at, leaf))
+                leaves[new.stream].append(bytes.fromhex(leaf))
                 yield row
+
+        def stored_event(k: int) -> AuditEvent:
+            seq, occurred_at, leaf = prepared[k]
+            return _new_to_stored(fresh[k][2], seq, occurred_at, now, leaf)
 
         if fresh:
             pks = self._reserve_pks(conn, len(fresh))
             _insert_many(conn, "events", EVENT_COLUMNS, event_rows(pks))
-            for pk, (ri, ei, _), event in zip(pks, fresh, prepared, strict=True):
-                results[ri][ei] = Appended(event, created=True, position=pk)
+            for k, (pk, (ri, ei, _)) in enumerate(zip(pks, fresh, strict=True)):
+                results[ri][ei] = (
+                    Appended(stored_event(k), created=True, position=pk)
+                    if events
+                    else Created(pk, prepared[k][0], now, prepared[k][2])
+                )
             property_rows = [
                 (name, pk)
                 for pk, (_, _, new) in zip(pks, fresh, strict=True)
@@ -268,10 +304,10 @@ class AuditStore:
             stream: self._grow_tree(conn, stream, first_seq[stream] - 1, stream_leaves)
             for stream, stream_leaves in leaves.items()
         }
-        for ri, ei, (fri, fei) in duplicates:
-            first = results[fri][fei]
-            assert first is not None
-            results[ri][ei] = Appended(first.event, created=False)
+        for ri, ei, k in duplicates:  # an id twice in one commit: the second is the first
+            first = results[fresh[k][0]][fresh[k][1]]
+            event = first.event if isinstance(first, Appended) else stored_event(k)
+            results[ri][ei] = Appended(event, created=False)
 
         for request in requests:
             if request.position is not None:
@@ -400,11 +436,12 @@ class AuditStore:
                         .where(events.c.pk == target)
                         .values(payload=None, redacted=True)
                     )
-                    results, touched = self._append_in(conn, [AppendRequest([redaction])])
+                    appended, touched = self._append_in(conn, [AppendRequest([redaction])])
                     redacted = self._events_by_id(conn, [event_id])[event_id]
             except SQLAlchemyError as exc:
                 raise StorageError(f"redaction failed: {exc.__class__.__name__}") from exc
             self._frontiers.update(touched)
+            results = cast(list[list[Appended]], appended)
             self._notify(results)
         return redacted, results[0][0].event
 
@@ -615,9 +652,9 @@ def _query_sql(q: EventQuery, mark: str) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def _prepare(new: NewEvent, seq: int, now: datetime, now_ms: int) -> tuple[list[Any], AuditEvent]:
+def _prepare(new: NewEvent, seq: int, now_ms: int) -> tuple[list[Any], datetime, str]:
     """The row to insert for `new` as number `seq` (in `EVENT_COLUMNS` order, pk still
-    to fill in), and the event it stores."""
+    to fill in), the time it stores as the event's, and the event's hash."""
     occurred_at = _stored_time(new.occurred_at)
     occurred_ms = to_ms(occurred_at)
     document = payload_document(new.before, new.after, new.metadata)
@@ -644,7 +681,7 @@ def _prepare(new: NewEvent, seq: int, now: datetime, now_ms: int) -> tuple[list[
         leaf,
         False,
     ]
-    return row, _new_to_stored(new, seq, occurred_at, now, leaf)
+    return row, occurred_at, leaf
 
 
 def _stored_time(value: datetime) -> datetime:

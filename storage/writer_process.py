@@ -69,7 +69,7 @@ from typing import Any, cast
 
 from storage.engine import create_engines, sqlite_file
 from storage.events import NewEvent
-from storage.store import Appended, AppendRequest, AuditStore, StorageError
+from storage.store import Appended, AppendRequest, AuditStore, Created, StorageError
 from storage.writer import MAX_EVENTS_PER_COMMIT, GroupCommitWriter, Submitted, Writer
 
 log = logging.getLogger(__name__)
@@ -313,9 +313,16 @@ async def _close_socket(writer: asyncio.StreamWriter) -> None:
 
 
 def _rebuild(new: NewEvent, found: Any) -> Appended:
-    if isinstance(found, Appended):  # not created: the stored event came whole
+    """The stored event of `new`, from what the store answered: an `Appended` (not
+    created: the stored event came whole), or a created one's position, seq, record
+    time and hash (a `Created`, or those four as a tuple over the socket)."""
+    if isinstance(found, Appended):
         return found
-    position, seq, recorded_at, leaf = found
+    position, seq, recorded_at, leaf = (
+        (found.position, found.seq, found.recorded_at, found.hash)
+        if isinstance(found, Created)
+        else found
+    )
     return Appended(AuditStore.created_event(new, seq, recorded_at, leaf), True, position)
 
 
@@ -452,30 +459,34 @@ def _commit(store: AuditStore, items: list[AppendRequest | Submitted]) -> list[A
         else:
             requests.append(request)
             owners.append((index, prepared, state))
-    for (index, codec, state), result in zip(owners, _append(store, requests), strict=True):
+    results = _append(store, requests)
+    for (index, codec, state), request, result in zip(owners, requests, results, strict=True):
         if isinstance(result, str):
             answers[index] = result
         elif codec is None:
             # One record time a transaction: pickle sends that datetime once a frame.
             answers[index] = [
-                (a.position, a.event.seq, a.event.recorded_at, a.event.hash) if a.created else a
+                (a.position, a.seq, a.recorded_at, a.hash) if isinstance(a, Created) else a
                 for a in result
             ]
         else:
             try:
-                answers[index] = codec.answer(state, result)
+                appended = [_rebuild(new, a) for new, a in zip(request.events, result, strict=True)]
+                answers[index] = codec.answer(state, appended)
             except Exception as exc:
                 answers[index] = _codec_failure(codec.__name__, exc)
     return answers
 
 
-def _append(store: AuditStore, requests: list[AppendRequest]) -> list[list[Appended] | str]:
+def _append(
+    store: AuditStore, requests: list[AppendRequest]
+) -> list[list[Appended | Created] | str]:
     """`store.append`, retrying each request alone when a shared commit fails; a
     request that fails alone gets the error's message."""
     if not requests:
         return []
     try:
-        return [*store.append(requests)]
+        return [*store.append_created(requests)]
     except Exception as exc:
         if len(requests) > 1:
             log.warning("group commit of %d requests failed; retrying one by one", len(requests))

@@ -19,15 +19,17 @@ from sqlalchemy import event as sa_event
 
 from storage import merkle
 from storage.engine import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT
-from storage.events import Actor, EventType, NewEvent, new_event_id, to_ms, utc_now
+from storage.events import Actor, AuditEvent, EventType, NewEvent, new_event_id, to_ms, utc_now
 from storage.migrate import upgrade
 from storage.query import EventQuery, Order
 from storage.schema import events, metadata
 from storage.store import (
     EVENT_COLUMNS,
+    Appended,
     AppendRequest,
     AuditStore,
     CapturePosition,
+    Created,
     StorageError,
     _query_sql,
 )
@@ -103,6 +105,45 @@ def test_duplicate_id_within_one_transaction_is_stored_once(store: AuditStore) -
     results = store.append([AppendRequest([event]), AppendRequest([event])])
     assert [r[0].created for r in results] == [True, False]
     assert results[1][0].event.seq == 1
+
+
+def stored_event(store: AuditStore, event_id: str) -> AuditEvent:
+    found = store.get(event_id)
+    assert found is not None
+    return found
+
+
+def test_append_created_answers_what_the_store_added_and_whole_events_for_repeats(
+    store: AuditStore,
+) -> None:
+    before = make_event(0, client_id=True)
+    store.append([AppendRequest([before])])
+    fresh, repeated = make_event(1), make_event(2, client_id=True)
+    results = store.append_created(
+        [AppendRequest([fresh, before, repeated]), AppendRequest([repeated])]
+    )
+    created, again, first = results[0]
+    for new, answer in ((fresh, created), (repeated, first)):
+        assert isinstance(answer, Created)
+        assert stored_event(store, new.id) == AuditStore.created_event(
+            new, answer.seq, answer.recorded_at, answer.hash
+        )
+    assert isinstance(created, Created) and isinstance(first, Created)
+    assert (created.seq, first.seq) == (2, 3)
+    # Stored before, or earlier in the same commit: the stored event, whole.
+    assert again == Appended(stored_event(store, before.id), created=False)
+    assert results[1] == [Appended(stored_event(store, repeated.id), created=False)]
+    assert store.streams()[0].head_seq == 3
+
+
+def test_append_created_gives_commit_listeners_whole_events(store: AuditStore) -> None:
+    heard: list[Appended] = []
+    store.add_commit_listener(heard.extend)
+    event = make_event(1)
+    results = store.append_created([AppendRequest([event])])
+    assert len(heard) == 1
+    assert results == [[Appended(stored_event(store, event.id), True, heard[0].position)]]
+    assert heard == results[0]
 
 
 def test_concurrent_appends_keep_seq_gapless(store: AuditStore, store_url: str) -> None:
