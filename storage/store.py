@@ -267,6 +267,7 @@ class AuditStore:
         first_seq = dict(next_seq)
         leaves: dict[str, list[bytes]] = {stream: [] for stream in counts}
         prepared: list[tuple[int, datetime, str]] = []  # each fresh event's seq, time, hash
+        built: list[AuditEvent] = []  # and its stored event, when `events`
 
         def event_rows(pks: list[int]) -> Iterator[list[Any]]:
             # A generator, so that on PostgreSQL the rows already sent are indexed by
@@ -277,10 +278,14 @@ class AuditStore:
                 row, occurred_at, leaf = _prepare(new, seq, now_ms)
                 row[0] = pk
                 prepared.append((seq, occurred_at, leaf))
+                if events:
+                    built.append(_new_to_stored(new, seq, occurred_at, now, leaf))
                 leaves[new.stream].append(bytes.fromhex(leaf))
                 yield row
 
         def stored_event(k: int) -> AuditEvent:
+            if events:
+                return built[k]
             seq, occurred_at, leaf = prepared[k]
             return _new_to_stored(fresh[k][2], seq, occurred_at, now, leaf)
 
@@ -289,7 +294,7 @@ class AuditStore:
             _insert_many(conn, "events", EVENT_COLUMNS, event_rows(pks))
             for k, (pk, (ri, ei, _)) in enumerate(zip(pks, fresh, strict=True)):
                 results[ri][ei] = (
-                    Appended(stored_event(k), created=True, position=pk)
+                    Appended(built[k], created=True, position=pk)
                     if events
                     else Created(pk, prepared[k][0], now, prepared[k][2])
                 )
@@ -305,9 +310,7 @@ class AuditStore:
             for stream, stream_leaves in leaves.items()
         }
         for ri, ei, k in duplicates:  # an id twice in one commit: the second is the first
-            first = results[fresh[k][0]][fresh[k][1]]
-            event = first.event if isinstance(first, Appended) else stored_event(k)
-            results[ri][ei] = Appended(event, created=False)
+            results[ri][ei] = Appended(stored_event(k), created=False)
 
         for request in requests:
             if request.position is not None:
