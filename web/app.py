@@ -24,7 +24,7 @@ from web import (
     streams_routes,
     tail_routes,
 )
-from web.auth import auth_middleware
+from web.auth import auth_middlewares
 from web.bodies import MAX_BODY
 from web.keys import CONFIG, EVENT_BUS, READER, READINESS, STORE, WRITER
 from web.metrics import METRICS, Metrics, store_error_middleware, timing_middleware
@@ -36,14 +36,12 @@ def create_app(config: Config, store: AuditStore) -> web.Application:
     """Build the API over an open store. The app owns the group-commit writer
     (`storage.writer_process.writer_for`): started with the app, drained and
     stopped on shutdown."""
-    # Auth inside the error middleware, so its refusals get each route family's error
-    # shape; without tokens it would pass every request on, so it is left out.
-    auth = [auth_middleware(config.auth)] if config.auth.tokens else []
+    # Auth inside the error middleware, so its refusals get each route family's error shape.
     app = web.Application(
         middlewares=[
             timing_middleware,  # outermost: sees the status the client gets
             error_middleware,
-            *auth,
+            *auth_middlewares(config.auth),
             store_error_middleware,  # innermost: sees store errors before they become responses
         ],
         client_max_size=MAX_BODY,

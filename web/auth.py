@@ -139,14 +139,15 @@ def bearer_token(header: str | None) -> str | None:
     return token
 
 
-def auth_middleware(auth: AuthConfig) -> Middleware:
-    """The middleware for these tokens. Install it inside `error_middleware`."""
+def auth_middlewares(auth: AuthConfig) -> list[Middleware]:
+    """The middleware for these tokens, to install inside `error_middleware`; none
+    without tokens (auth off), so that requests do not pass a layer that does nothing."""
     tokens = TokenTable(auth)
+    if not tokens.enabled:
+        return []
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not tokens.enabled:
-            return await handler(request)
         resource = request.match_info.route.resource
         scope = required_scope(request.method, resource.canonical if resource else None)
         if scope is PUBLIC:
@@ -165,7 +166,7 @@ def auth_middleware(auth: AuthConfig) -> Middleware:
             )
         return await handler(request)
 
-    return check_token
+    return [check_token]
 
 
 def _refuse(request: web.Request, status: int, detail: str, error: str) -> web.Response:

@@ -38,8 +38,9 @@ class Posted(NamedTuple):
     status: int
     body: bytes
     location: str | None
-    stored: tuple[tuple[str, str, int], ...]
-    """(stream, event type, count) of the events this post created."""
+    stored: tuple[tuple[str, str, int], ...] = ()
+    """(stream, event type, count) of the events this post created, where nothing
+    else counts them (`answer`: the store writer process's posts)."""
 
 
 class Refusal(NamedTuple):
@@ -63,12 +64,10 @@ def answer_posted(appended: Sequence[Appended], single: bool) -> Posted:
     """201 when any event was created (200 when every one was stored before, under
     its client id); one event or `{"events": [...]}` as it was posted."""
     status = 201 if any(a.created for a in appended) else 200
-    tally = Counter((a.event.stream, a.event.event_type.value) for a in appended if a.created)
-    stored = tuple((stream, kind, count) for (stream, kind), count in tally.items())
     if single:
         event = appended[0].event
-        return Posted(status, dumps(event_json(event)), f"/v1/events/{event.id}", stored)
-    return Posted(status, dumps({"events": [event_json(a.event) for a in appended]}), None, stored)
+        return Posted(status, dumps(event_json(event)), f"/v1/events/{event.id}")
+    return Posted(status, dumps({"events": [event_json(a.event) for a in appended]}), None)
 
 
 # -- the store writer process's codec (`storage.writer.Submitted`) --------------
@@ -86,7 +85,11 @@ def prepare(payload: tuple[bytes, str]) -> tuple[AppendRequest | None, Any]:
 
 
 def answer(single: bool, appended: list[Appended]) -> Posted:
-    return answer_posted(appended, single)
+    """The answer, and the events created for the daemon's metrics: the commit
+    listeners there never see these events."""
+    tally = Counter((a.event.stream, a.event.event_type.value) for a in appended if a.created)
+    stored = tuple((stream, kind, count) for (stream, kind), count in tally.items())
+    return answer_posted(appended, single)._replace(stored=stored)
 
 
 # -- parsing -----------------------------------------------------------------------
