@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cdc.triggers import (
+    CHANGE_TIME,
     LAYOUT_TABLE,
     PREFIX,
     SHADOW_TABLE,
@@ -296,7 +297,7 @@ def _seed_sequence(conn: sqlite3.Connection, next_seq: int) -> None:
         # change max(seq)+1, and pruning always keeps the newest row.
         conn.execute(
             f'INSERT INTO {table} ("seq", "tbl", "op", "changed_at") '
-            "VALUES (?, '', 'S', strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+            f"VALUES (?, '', 'S', {CHANGE_TIME})",
             (next_seq - 1,),
         )
 

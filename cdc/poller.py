@@ -48,7 +48,6 @@ class CaptureStats:
     backlog: int = 0
     captured: int = 0
     last_capture_at: datetime | None = None
-    last_change_at: str | None = None
     oldest_pending_at: str | None = None
     """Change time of the oldest shadow row not yet stored (None when none waits)."""
     untranslatable: dict[int, str] = field(default_factory=dict)
@@ -120,7 +119,6 @@ class ShadowPoller:
         self.stats.position = position
         self.stats.captured += len(events)
         self.stats.last_capture_at = datetime.now().astimezone()
-        self.stats.last_change_at = rows[-1].changed_at
         return len(rows)
 
     def _read(self, force: bool, up_to: int | None) -> list[shadow.ShadowRow]:

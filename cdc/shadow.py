@@ -35,6 +35,13 @@ from cdc.triggers import LAYOUT_TABLE, SHADOW_TABLE, quote_identifier
 PRUNE_CHUNK = 5000
 _TAIL_CHUNK = 256
 _SHADOW = quote_identifier(SHADOW_TABLE)
+_CHANGED_AT_ISO = (
+    # Triggers write Unix milliseconds (`cdc.triggers.CHANGE_TIME`), kept as digits by
+    # the column's TEXT affinity; rows written before that hold ISO 8601 text.
+    """CASE WHEN "changed_at" GLOB '[0-9]*' AND "changed_at" NOT GLOB '*[^0-9]*' """
+    """THEN strftime('%Y-%m-%dT%H:%M:%fZ', "changed_at" / 1000.0, 'unixepoch') """
+    'ELSE "changed_at" END'
+)
 _SELECT = (
     'SELECT "seq", "tbl", "op", "pk", "old", "new", "layout", '
     + ", ".join(
@@ -67,6 +74,9 @@ class ShadowRow(NamedTuple):
     actor_name: str | None
     actor_ip: str | None
     changed_at: str
+    """The statement's time as stored: Unix milliseconds in digits, or ISO 8601 text in
+    rows that earlier triggers wrote. The rows of one statement have the same text;
+    `cdc.translate` reads both forms."""
 
 
 def read_batch(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[ShadowRow]:
@@ -97,9 +107,9 @@ def backlog(conn: sqlite3.Connection, after_seq: int) -> int:
 
 
 def oldest_change_after(conn: sqlite3.Connection, after_seq: int) -> str | None:
-    """The change time of the first shadow row after `after_seq`, if any."""
+    """The change time (ISO 8601) of the first shadow row after `after_seq`, if any."""
     row = conn.execute(
-        f'SELECT "changed_at" FROM {_SHADOW} WHERE "seq" > ? ORDER BY "seq" LIMIT 1',
+        f'SELECT {_CHANGED_AT_ISO} FROM {_SHADOW} WHERE "seq" > ? ORDER BY "seq" LIMIT 1',
         (after_seq,),
     ).fetchone()
     return str(row[0]) if row and row[0] is not None else None

@@ -339,13 +339,18 @@ class _Translation:
 
     def _parse_time(self, text: str) -> None:
         try:
-            moment = datetime.fromisoformat(text)
-        except (TypeError, ValueError):
+            if text.isdigit():  # Unix milliseconds, as the triggers write it
+                millis = int(text)
+                moment = _EPOCH + millis * _MILLISECOND
+            else:  # ISO 8601, as earlier triggers wrote it
+                moment = datetime.fromisoformat(text)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=UTC)
+                millis = (moment - _EPOCH) // _MILLISECOND
+        except (AttributeError, TypeError, ValueError, OverflowError):
             raise _Untranslatable(f"bad change time {text!r}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
         self.time_text, self.time = text, moment
-        self.id_prefix = _uuid7_time((moment - _EPOCH) // _MILLISECOND)
+        self.id_prefix = _uuid7_time(millis)
 
     def _actor(self, row: ShadowRow) -> Actor:
         if row.actor_id is None:

@@ -30,7 +30,10 @@ Masked columns are written as `'***'`; in the image that is compared against
 written as `'***changed'`, so the translator can tell which masked column
 changed without ever seeing a value. Values that may be BLOBs are wrapped as
 `{"$blob": hex}` because `json_array` raises on a BLOB, and an error in a
-trigger would fail the billing service's own write.
+trigger would fail the billing service's own write. The change time is written
+as Unix milliseconds (`CHANGE_TIME`), which `cdc.shadow` formats when it reads
+the row: formatting it in the trigger with `strftime` cost the host about 0.7 µs
+a row, a sixth of the whole trigger.
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ SUPPORT_TABLES = (SHADOW_TABLE, CONTEXT_TABLE, LAYOUT_TABLE)
 
 MASK = "***"
 MASK_CHANGED = "***changed"
-NOW = "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+CHANGE_TIME = "CAST((julianday('now') - 2440587.5) * 86400000 + 0.5 AS INTEGER)"
+"""The statement's time in Unix milliseconds. SQLite keeps 'now' as whole
+milliseconds; the subtraction is exact and the product's error is far below the
+0.5 that rounds it back to that integer. (`unixepoch('subsec')` needs SQLite 3.42.)"""
 IMAGE_CHUNK = 100
 """Images of wider tables are arrays of arrays of this many values: SQLite
 functions take at most 127 arguments."""
@@ -340,7 +346,7 @@ class _Recorder:
     def _select(self, op: str, row_ref: str, old: str | None, new: str | None) -> str:
         return (
             f"{self.head}'{op}', {_pk(self.shape, row_ref)}, {self.layout}, "
-            f"{old or 'NULL'}, {new or 'NULL'}, {self._actor(row_ref)}, {NOW}"
+            f"{old or 'NULL'}, {new or 'NULL'}, {self._actor(row_ref)}, {CHANGE_TIME}"
         )
 
     def change(self, op: str, row_ref: str, old: str | None, new: str | None) -> str:

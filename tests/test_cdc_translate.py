@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cdc import installer, shadow
@@ -193,6 +193,42 @@ def test_failures_on_a_real_database_do_not_stop_later_rows(tmp_path: Path) -> N
     # the poller keeps the failed row while pruning what it stored
     shadow.prune(auditor, rows[-1].seq, keep=[r.seq for r, _ in failures])
     assert [r.seq for r in shadow.read_batch(auditor, 0, 100)] == [1, 3]
+
+
+
+def test_change_times_in_milliseconds_and_in_iso_text_are_both_read(tmp_path: Path) -> None:
+    """Triggers write the statement's time as Unix milliseconds; shadow rows left by
+    earlier triggers hold ISO 8601 text. Both become the event's time and id."""
+    db = tmp_path / "billing.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name, status, card)")
+    auditor = installer.connect(db)
+    installer.install(auditor, [ACCOUNTS])
+    host = sqlite3.connect(db, isolation_level=None)
+    before = datetime.now(UTC)
+    host.execute("INSERT INTO accounts VALUES (1, 'a', 'open', '4111')")
+    after = datetime.now(UTC)
+    host.execute(  # the same change as an earlier version's trigger wrote it
+        "INSERT INTO _auditor_changes (tbl, op, pk, layout, new, changed_at) "
+        "SELECT tbl, op, '[2]', layout, new, '2026-01-02T03:04:05.678Z' FROM _auditor_changes"
+    )
+    stored = host.execute("SELECT changed_at FROM _auditor_changes ORDER BY seq").fetchall()
+    assert stored[0][0].isdigit()
+
+    rows = shadow.read_batch(auditor, 0, 100)
+    events, failures = translate(rows, TABLES, "billing")
+    assert failures == []
+    fresh, legacy = (e.occurred_at for e in events)
+    assert fresh == datetime.fromtimestamp(int(stored[0][0]) / 1000, UTC)
+    assert before - timedelta(milliseconds=1) < fresh <= after
+    assert legacy == datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    assert [uuid.UUID(e.id).int >> 80 for e in events] == [
+        int(stored[0][0]), int(legacy.timestamp() * 1000)
+    ]
+    # what /v1/streams shows as the oldest waiting change is ISO text either way
+    assert shadow.oldest_change_after(auditor, 0) == fresh.isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+    assert shadow.oldest_change_after(auditor, 1) == "2026-01-02T03:04:05.678Z"
 
 
 def test_composite_and_text_keys_become_entity_ids() -> None:
