@@ -123,6 +123,7 @@ def read_shape(conn: sqlite3.Connection, table: str) -> TableShape:
         rowid_alias=rowid_alias,
         blob_free=frozenset(blob_free),
         rowid_name=rowid_name or "rowid",
+        generated=frozenset(n for n, _, _, hidden in info if hidden in (2, 3)),
     )
 
 

@@ -13,7 +13,7 @@ shadow table that is dropped and recreated starts again at 1 unless
 
 Statement groups. The rows of one SQL statement are contiguous and share
 `changed_at` (SQLite evaluates 'now' once per statement step). A REPLACE
-writes pre-image rows (`P`) before the row that resolves them (`I`/`U`);
+writes pre-image rows (`P`, `R`) before the row that resolves them (`I`/`U`);
 `read_batch` never ends a batch between the two, so `cdc.translate` can treat
 each batch on its own.
 
@@ -63,7 +63,8 @@ class ShadowRow(NamedTuple):
     seq: int
     table: str
     op: str
-    """I insert, U update, D delete, P pre-image of a row a REPLACE may delete, S seq seed."""
+    """I insert, U update, D delete, S seq seed; P and R pre-image of a row that an
+    INSERT or UPDATE (OR REPLACE) may delete."""
     pk: str | None
     old: str | None
     new: str | None
@@ -188,7 +189,7 @@ def _fetch(
 def _statement_unfinished(rows: list[ShadowRow]) -> bool:
     """Whether the last statement in `rows` may still have rows that resolve a pre-image.
 
-    Per table, from the end back over the rows of the last change time: a `P`
+    Per table, from the end back over the rows of the last change time: a `P` or `R`
     row before any `I`/`U` means a REPLACE is still waiting for its row (with
     `recursive_triggers=ON` its `D` rows come in between). A run of `D` rows
     with no `P` before it is a plain multi-row DELETE and is complete: treating
@@ -201,7 +202,7 @@ def _statement_unfinished(rows: list[ShadowRow]) -> bool:
             break
         if row.table in resolved or row.op == "D":
             continue
-        if row.op == "P":
+        if row.op == "P" or row.op == "R":
             return True
         resolved.add(row.table)
     return False

@@ -6,19 +6,24 @@ match the old one), DELETE → DELETE (`<entity>.deleted`). `properties` are the
 changed, non-ignored columns of an UPDATE and all columns of a CREATE/DELETE;
 masked columns are `"***"` in `before`/`after`.
 
-REPLACE. The triggers write pre-image rows (`P`) before an INSERT or UPDATE
-that collides with existing rows (see `cdc.triggers`). Within one statement
-(same `changed_at`, same table, the `P` rows' incoming image equal to the
-resolving row's new image):
+REPLACE. The triggers write pre-image rows before an INSERT (`P`) or UPDATE
+(`R`) that collides with existing rows (see `cdc.triggers`). Within one
+statement (same `changed_at`, same table, the pre-image rows' incoming image
+equal to the resolving row's new image):
 
 - `P` + `I` with the same key → one UPDATE whose before-image is the `P` row
   (`INSERT OR REPLACE` over an existing row);
-- a `P` row with another key + `I`/`U` → DELETE of that row (REPLACE on a UNIQUE
-  column deleted a different row), then the CREATE/UPDATE;
-- `P` + `U` of the same row → nothing extra: an upsert (`ON CONFLICT DO
+- a `P` row with another key, or any `R` row, + `I`/`U` → DELETE of that row
+  (REPLACE deleted a row other than the one written: one that held a UNIQUE
+  value, or the key an `UPDATE OR REPLACE` moved its row to), then the
+  CREATE/UPDATE;
+- `P` + `U` with the same key → nothing extra: an upsert (`ON CONFLICT DO
   UPDATE`); its UPDATE already carries the true before-image;
-- `P` followed by nothing that matches → nothing: `OR IGNORE`, `DO NOTHING`,
-  an upsert that changed nothing.
+- pre-image rows followed by nothing that matches → nothing: `OR IGNORE`,
+  `DO NOTHING`, an upsert that changed nothing.
+
+(Pre-image rows of UPDATEs written before `R` existed are `P` rows; an `UPDATE
+OR REPLACE` that moved a row onto another's key there shows no DELETE of it.)
 
 With `recursive_triggers=ON` the REPLACE also fires the DELETE trigger between
 `P` and `I`; that `D` row is absorbed, so REPLACE yields the same events in
@@ -175,7 +180,7 @@ class _Translation:
                 self._grouped(row, view, pending)
             elif op == "I" or op == "U" or op == "D":
                 self._change(row, view, op, row.old)
-            elif op == "P":
+            elif op == "P" or op == "R":
                 pending[row.table] = _Run(row.new, [row], {row.pk})
                 pending_at = row.changed_at
             else:
@@ -189,7 +194,7 @@ class _Translation:
         """A row of a table that has pre-image rows waiting (see the module docstring)."""
         run = pending[row.table]
         op = row.op
-        if op == "P":
+        if op == "P" or op == "R":
             if run.incoming != row.new or row.pk in run.pks:
                 self._drop(run)
                 run = pending[row.table] = _Run(row.new)
@@ -208,7 +213,7 @@ class _Translation:
                 return
             replaced = None
             for pre in run.pre:
-                if pre.pk != row.pk:
+                if pre.pk != row.pk or pre.op == "R":
                     self._change(pre, view, "D", pre.old)
                 elif op == "I":
                     replaced = pre

@@ -11,16 +11,19 @@ shadow table `_auditor_changes` (`op` is the change kind):
 - `_au` AFTER UPDATE, `WHEN` some non-ignored column `IS NOT` its old value
   (NULL-safe) → `U` with both images (no `_au` when every column is ignored);
 - `_ad` AFTER DELETE → `D` with the old row image;
-- `_bi` BEFORE INSERT and `_bu` BEFORE UPDATE (only when a key column changes)
-  → one `P` ("pre-image") row per existing row that the incoming row collides
-  with on its primary key / rowid or on a UNIQUE index. REPLACE conflict
-  resolution deletes such rows without firing DELETE triggers (SQLite's default
-  `recursive_triggers=OFF`), so this is the only moment their image exists.
-  `cdc.translate` pairs `P` rows with the `I`/`U` row of the same statement and
-  drops them when the statement turned out not to replace anything (upsert,
-  `OR IGNORE`, `DO NOTHING`). A `P` row carries the existing row as `old` and
-  the incoming row as `new`, so that the pairing can check it has the right
-  statement.
+- `_bi` BEFORE INSERT → one `P` ("pre-image") row, and `_bu` BEFORE UPDATE
+  (`OF` the key columns, so SQLite leaves it out of an UPDATE that sets none
+  of them, and only when one changes) → one `R` row, per existing row that the
+  incoming row collides with on its primary key / rowid or on a UNIQUE index.
+  REPLACE conflict resolution deletes such rows without firing DELETE triggers
+  (SQLite's default `recursive_triggers=OFF`), so this is the only moment their
+  image exists. `cdc.translate` pairs `P`/`R` rows with the `I`/`U` row of the
+  same statement and drops them when the statement turned out not to replace
+  anything (upsert, `OR IGNORE`, `DO NOTHING`). Such a row carries the
+  existing row as `old` and the incoming row as `new`, so that the pairing can
+  check it has the right statement. An `R` row is never the updated row itself
+  (`_bu` leaves it out), even when the UPDATE moves that row onto its key; a
+  `P` row with the key of the `U` that follows is the row an upsert updated.
 
 The host pays for every trigger, so row images are `json_array` of the values
 in column order (cheaper than `json_object`); each shadow row names the column
@@ -113,6 +116,8 @@ class TableShape:
     """Columns that can never hold a BLOB (rowid alias, typed columns of STRICT tables)."""
     rowid_name: str = "rowid"
     """`rowid`, or `_rowid_`/`oid` when a column is called `rowid`."""
+    generated: frozenset[str] = frozenset()
+    """Generated columns (VIRTUAL or STORED): they change without being SET."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +223,10 @@ def _trigger_bodies(shape: TableShape, options: TableOptions, layout_id: int) ->
         + " END"
     )
     bodies.append(
-        f"{quote_identifier(names.before_update)} BEFORE UPDATE ON {table} FOR EACH ROW "
-        f"WHEN {key_changed} BEGIN " + rec.pre_images(masked, exclude_old=True) + " END"
+        f"{quote_identifier(names.before_update)} BEFORE UPDATE{_of_keys(shape)} ON {table} "
+        f"FOR EACH ROW WHEN {key_changed} BEGIN "
+        + rec.pre_images(masked, exclude_old=True)
+        + " END"
     )
     bodies.append(
         f"{quote_identifier(names.after_insert)} AFTER INSERT ON {table} FOR EACH ROW BEGIN "
@@ -272,6 +279,24 @@ def _key_refs(shape: TableShape) -> list[str]:
     for key in shape.unique_keys:
         refs += [quote_identifier(c) for c in key.columns if quote_identifier(c) not in refs]
     return refs
+
+
+def _of_keys(shape: TableShape) -> str:
+    """` OF` every name an UPDATE can change a key column by, or '' for every UPDATE.
+
+    SQLite decides from the SET list, when it compiles the UPDATE, whether an
+    `UPDATE OF` trigger runs at all: an update of other columns then costs the
+    host nothing for it (even a trigger whose WHEN is false is a sub-program call,
+    about 1 µs). A generated key column changes with columns that no key names,
+    so such a table keeps the trigger on every UPDATE."""
+    names = [] if shape.without_rowid else ["rowid", "_rowid_", "oid"]
+    if shape.rowid_alias is not None:
+        names.append(shape.rowid_alias)
+    for key in shape.unique_keys:
+        if any(c in shape.generated for c in key.columns):
+            return ""
+        names += [c for c in key.columns if c not in names]
+    return " OF " + ", ".join(quote_identifier(n) for n in names)
 
 
 def _value(shape: TableShape, ref: str, column: str) -> str:
@@ -354,6 +379,7 @@ class _Recorder:
         return self._select(op, row_ref, old, new) + source + ";"
 
     def pre_images(self, masked: frozenset[str], *, exclude_old: bool) -> str:
+        """`P` rows (`R` with `exclude_old`, for an UPDATE: every row but its own)."""
         shape = self.shape
         conflicts = (
             [] if shape.without_rowid else [f"{_ROW}.{shape.rowid_name} = new.{shape.rowid_name}"]
@@ -381,7 +407,7 @@ class _Recorder:
         old = _image(shape, _ROW, masked, changed_against="new")
         new = _image(shape, "new", masked, incoming=True)
         return (
-            self._select("P", _ROW, old, new)
+            self._select("R" if exclude_old else "P", _ROW, old, new)
             + f" FROM {quote_identifier(shape.name)} AS {_ROW}{self._context_join()}"
             + f" WHERE {where};"
         )

@@ -326,6 +326,50 @@ def test_update_or_replace_records_the_row_it_deletes(db: Path, auditor, recursi
     ]
 
 
+
+@pytest.mark.parametrize("recursive", [False, True])
+@pytest.mark.parametrize("key", ["id", "rowid", "_ROWID_", "oid"])
+def test_update_or_replace_of_the_key_by_any_of_its_names_records_the_row_it_deletes(
+    db: Path, auditor, key: str, recursive: bool
+) -> None:
+    """The `_bu` trigger runs only for UPDATEs that SET a key column (`UPDATE OF`): each
+    name of the rowid counts as one. Moving a row onto another's key deletes that one."""
+    host = billing_conn(db, recursive=recursive)
+    host.execute("INSERT INTO plans (id, name) VALUES (1, 'a'), (2, 'b')")
+    start = shadow.head_seq(auditor)
+    host.execute("UPDATE plans SET name = 'c' WHERE id = 1")
+    host.execute(f"UPDATE OR REPLACE plans SET {key} = 2 WHERE id = 1")
+    events = events_of(auditor, start)
+    assert [(e.event_type, e.entity_id) for e in events] == [
+        (EventType.UPDATE, "1"),
+        (EventType.DELETE, "2"),
+        (EventType.UPDATE, "2"),
+    ]
+    assert events[1].before == {"id": 2, "name": "b", "price": None}
+
+
+def test_a_unique_generated_column_keeps_the_pre_image_on_every_update(tmp_path: Path) -> None:
+    """A generated key column changes with columns no key names: UPDATE OF cannot
+    list what changes it, so the `_bu` trigger runs on every UPDATE of such a table."""
+    path = tmp_path / "billing.db"
+    host = sqlite3.connect(path, isolation_level=None)
+    host.execute(
+        "CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT, "
+        "slug TEXT GENERATED ALWAYS AS (lower(name)) VIRTUAL UNIQUE)"
+    )
+    tags = TableConfig(table="tags", entity="tag")
+    installer.install(installer.connect(path), [tags])
+    host.execute("INSERT INTO tags (id, name) VALUES (1, 'a'), (2, 'b')")
+    auditor = installer.connect(path)
+    start = shadow.head_seq(auditor)
+    host.execute("UPDATE OR REPLACE tags SET name = 'B' WHERE id = 1")
+    events, failures = translate(shadow.read_batch(auditor, start, 100), {"tags": tags}, "b")
+    assert failures == []
+    assert [(e.event_type, e.entity_id) for e in events] == [
+        (EventType.DELETE, "2"),
+        (EventType.UPDATE, "1"),
+    ]
+
 def test_multi_row_replace_keeps_every_step(db: Path, auditor) -> None:
     host = billing_conn(db)
     host.execute("REPLACE INTO plans (id, name) VALUES (1, 'a'), (1, 'b'), (2, 'c')")
