@@ -34,9 +34,9 @@ written as `'***changed'`, so the translator can tell which masked column
 changed without ever seeing a value. Values that may be BLOBs are wrapped as
 `{"$blob": hex}` because `json_array` raises on a BLOB, and an error in a
 trigger would fail the billing service's own write. The change time is written
-as Unix milliseconds (`CHANGE_TIME`), which `cdc.shadow` formats when it reads
-the row: formatting it in the trigger with `strftime` cost the host about 0.7 µs
-a row, a sixth of the whole trigger.
+as Unix milliseconds (`CHANGE_TIME`), which `cdc.translate` turns into the
+event's time: formatting it in the trigger with `strftime` cost the host about
+0.7 µs a row, a sixth of the whole trigger.
 """
 
 from __future__ import annotations

@@ -174,13 +174,18 @@ def test_automatic_key_pairs_a_pre_image_with_its_insert() -> None:
     ]
 
 
-def test_failures_on_a_real_database_do_not_stop_later_rows(tmp_path: Path) -> None:
+def captured_accounts(tmp_path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """A billing file with `accounts` captured: Auditor's connection and the host's."""
     db = tmp_path / "billing.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name, status, card)")
     auditor = installer.connect(db)
     installer.install(auditor, [ACCOUNTS])
-    host = sqlite3.connect(db, isolation_level=None)
+    return auditor, sqlite3.connect(db, isolation_level=None)
+
+
+def test_failures_on_a_real_database_do_not_stop_later_rows(tmp_path: Path) -> None:
+    auditor, host = captured_accounts(tmp_path)
     host.execute("INSERT INTO accounts VALUES (1, 'a', 'open', '4111')")
     host.execute("INSERT INTO accounts VALUES (2, 'b', 'open', '4222')")
     host.execute("UPDATE _auditor_changes SET new = '[1, broken' WHERE seq = 1")
@@ -195,16 +200,10 @@ def test_failures_on_a_real_database_do_not_stop_later_rows(tmp_path: Path) -> N
     assert [r.seq for r in shadow.read_batch(auditor, 0, 100)] == [1, 3]
 
 
-
 def test_change_times_in_milliseconds_and_in_iso_text_are_both_read(tmp_path: Path) -> None:
     """Triggers write the statement's time as Unix milliseconds; shadow rows left by
     earlier triggers hold ISO 8601 text. Both become the event's time and id."""
-    db = tmp_path / "billing.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name, status, card)")
-    auditor = installer.connect(db)
-    installer.install(auditor, [ACCOUNTS])
-    host = sqlite3.connect(db, isolation_level=None)
+    auditor, host = captured_accounts(tmp_path)
     before = datetime.now(UTC)
     host.execute("INSERT INTO accounts VALUES (1, 'a', 'open', '4111')")
     after = datetime.now(UTC)
