@@ -41,6 +41,15 @@ SETTLE_SECONDS = 0.01
 """The extra wake-up after a burst of file events (an fsync'd commit publishes within it)."""
 
 _SUFFIXES = ("", "-wal", "-journal")
+# inotify's event bits (linux/inotify.h; part of the kernel's ABI).
+_IN_MODIFY = 0x2
+_IN_CLOSE_WRITE = 0x8
+_IN_MOVED_TO = 0x80
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200  # a rollback journal's deletion ends its commit
+_IN_IGNORED = 0x8000  # the watched file is gone (and so is its watch)
+_FOLDER_MASK = _IN_CREATE | _IN_DELETE | _IN_MOVED_TO
+_FILE_MASK = _IN_MODIFY | _IN_CLOSE_WRITE
 
 
 class _DatabaseFileHandler(FileSystemEventHandler):
@@ -133,21 +142,30 @@ def _threadsafe(loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> Ca
 
 
 class _LoopInotify:
-    """An inotify descriptor (watchdog's binding) read by the event loop."""
+    """An inotify descriptor (watchdog's binding) read by the event loop.
+
+    Writes are watched on the files themselves (the database, its `-wal` and its
+    `-journal`, each as soon as it exists), their folder only for files appearing,
+    disappearing or being renamed there. Watching the folder for writes had the
+    kernel report every write to every file in it, to be read and dropped here: a
+    busy store or billing database beside the watched one cost each watching
+    process 6-7 % of a core (`bench/analysis.md`, session 12)."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         fd: int,
-        folders: dict[int, list[tuple[frozenset[bytes], _Wakes]]],
+        folders: dict[int, list[tuple[Path, frozenset[bytes], _Wakes]]],
     ) -> None:
         self._loop = loop
         self._fd = fd
         self._folders = folders
-        self._everyone = [watch for watches in folders.values() for watch in watches]
-        from watchdog.observers.inotify_c import InotifyFD
+        self._files: dict[int, list[_Wakes]] = {}
+        self._everyone = [wakes for watches in folders.values() for _, _, wakes in watches]
+        from watchdog.observers.inotify_c import InotifyFD, inotify_add_watch
 
         self._parse = InotifyFD._parse_event_buffer
+        self._add_watch = inotify_add_watch
 
     @classmethod
     def open(
@@ -155,11 +173,7 @@ class _LoopInotify:
     ) -> _LoopInotify | None:
         """None where inotify is not available (not Linux, or out of instances)."""
         try:
-            from watchdog.observers.inotify_c import (
-                InotifyConstants,
-                inotify_add_watch,
-                inotify_init,
-            )
+            from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
         except Exception:  # watchdog raises its own errors where libc has no inotify
             return None
         fd = inotify_init()
@@ -169,25 +183,31 @@ class _LoopInotify:
             return None
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
-        mask = (
-            InotifyConstants.IN_MODIFY
-            | InotifyConstants.IN_CLOSE_WRITE
-            | InotifyConstants.IN_CREATE
-            | InotifyConstants.IN_DELETE  # a rollback journal's deletion ends its commit
-            | InotifyConstants.IN_MOVED_TO
-        )
-        folders: dict[int, list[tuple[frozenset[bytes], _Wakes]]] = {}
+        folders: dict[int, list[tuple[Path, frozenset[bytes], _Wakes]]] = {}
         for database, wakes in watched:
-            wd = inotify_add_watch(fd, os.fsencode(database.parent), mask)
+            wd = inotify_add_watch(fd, os.fsencode(database.parent), _FOLDER_MASK)
             if wd < 0:
                 os.close(fd)
                 log.warning("inotify cannot watch %s; watching through threads", database.parent)
                 return None
             names = frozenset(os.fsencode(database.name + suffix) for suffix in _SUFFIXES)
-            folders.setdefault(wd, []).append((names, wakes))
+            folders.setdefault(wd, []).append((database.parent, names, wakes))
         watcher = cls(loop, fd, folders)
+        for database, wakes in watched:
+            for suffix in _SUFFIXES:
+                watcher._watch_file(database.parent / (database.name + suffix), wakes)
         loop.add_reader(fd, watcher._readable)
         return watcher
+
+    def _watch_file(self, path: Path, wakes: _Wakes) -> None:
+        """Watch `path` for writes if it exists (when it does not, its folder's watch
+        reports its creation, and it is watched from then on)."""
+        wd = self._add_watch(self._fd, os.fsencode(path), _FILE_MASK)
+        if wd < 0:
+            return  # not there (yet, or any more)
+        listeners = self._files.setdefault(wd, [])
+        if wakes not in listeners:
+            listeners.append(wakes)
 
     def _readable(self) -> None:
         try:
@@ -195,12 +215,29 @@ class _LoopInotify:
         except BlockingIOError:
             return
         woken: set[int] = set()
-        for wd, _mask, _cookie, name in self._parse(buffer):
-            lost = wd == -1  # the kernel's queue overflowed: events were lost, wake everyone
-            for names, wakes in self._everyone if lost else self._folders.get(wd, []):
-                if (lost or name in names) and id(wakes) not in woken:
-                    woken.add(id(wakes))
-                    wakes()
+        appeared: list[tuple[Path, _Wakes]] = []
+
+        def wake(wakes: _Wakes) -> None:
+            if id(wakes) not in woken:
+                woken.add(id(wakes))
+                wakes()
+
+        for wd, mask, _cookie, name in self._parse(buffer):
+            if wd == -1:  # the kernel's queue overflowed: events were lost, wake everyone
+                for wakes in self._everyone:
+                    wake(wakes)
+                continue
+            for wakes in self._files.get(wd, ()):
+                wake(wakes)
+            if mask & _IN_IGNORED:  # the file is gone: its watch with it
+                self._files.pop(wd, None)
+            for folder, names, wakes in self._folders.get(wd, ()):
+                if name in names:
+                    wake(wakes)
+                    if mask & (_IN_CREATE | _IN_MOVED_TO):
+                        appeared.append((folder / os.fsdecode(name), wakes))
+        for path, wakes in appeared:
+            self._watch_file(path, wakes)
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)

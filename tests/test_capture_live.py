@@ -20,6 +20,7 @@ import yaml
 
 from cdc.poller import ShadowPoller
 from cdc.service import CaptureService
+from cdc.watcher import DatabaseWatcher
 from config import load_config
 from demo.simulator import create_schema
 from storage.query import EventQuery
@@ -177,6 +178,55 @@ async def test_file_events_alone_wake_capture_for_each_change(
             await wait_for(lambda: stored() >= n, f"change {n} to be stored", seconds=5)  # noqa: B023
             assert stored() == n
 
+
+
+async def test_writes_to_other_files_in_the_folder_raise_next_to_no_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify watches the database's files for writes, and its folder only for files
+    appearing and going: 50 commits of another process to a store beside the billing
+    database raise a handful of events for the daemon's loop to read and drop (its
+    WAL and shared-memory files made and deleted: 4 here), not one for each write
+    (watching the folder for writes: 67-80 here). Writes to the watched database,
+    its WAL deleted and made anew in between, still wake it."""
+    from watchdog.observers.inotify_c import InotifyFD
+
+    events: list[tuple[int, int, int, bytes]] = []
+    parse = InotifyFD._parse_event_buffer
+
+    def counting(buffer: bytes) -> Any:
+        for event in parse(buffer):
+            events.append(event)
+            yield event
+
+    monkeypatch.setattr(InotifyFD, "_parse_event_buffer", staticmethod(counting))
+    database = tmp_path / "billing.db"
+    create_schema(database)  # WAL; its last connection closed, so no -wal file now
+    neighbour = tmp_path / "audit.db"
+    run_sql(neighbour, "PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+    wakes: list[float] = []
+    watcher = DatabaseWatcher()
+    watcher.watch(database, lambda: wakes.append(time.monotonic()))
+    watcher.start()
+    try:
+        # From a thread, so that the loop reads events as they come (the kernel merges
+        # repeats of an event that waits unread).
+        commits = "".join(f"INSERT INTO t VALUES ({i});" for i in range(50))
+        await asyncio.to_thread(run_sql, neighbour, commits)
+        await asyncio.sleep(0.3)
+        assert wakes == []
+        assert len(events) < 10, events
+
+        for n in range(1, 3):  # each process's last close deletes the WAL: made anew
+            run_sql(
+                database,
+                "INSERT INTO charges (customer_id, amount_cents, currency, description,"
+                f" created_at) VALUES (1, {n}, 'EUR', 'test', '2026-11-28T12:00:00Z');",
+            )
+            await wait_for(lambda: len(wakes) >= n, f"a wake-up for write {n}", seconds=5)  # noqa: B023
+            await asyncio.sleep(0.1)
+    finally:
+        watcher.stop()
 
 async def test_a_cancelled_drain_lets_its_thread_finish_before_the_connection_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
