@@ -1,14 +1,18 @@
-"""Two checkouts of Auditor under the same POST load, alternating: the before/after
+"""Two checkouts of Auditor under the same load, alternating: the before/after
 figures of a commit message (`python -m bench` compares Auditor with its peers and
 ceilings, not with itself).
 
     git worktree add /tmp/before <commit>
     python -m bench.ab /tmp/before . single     # 64 connections, one event a post
     python -m bench.ab /tmp/before . batch      # 4 connections, 1,000 events a post
+    python -m bench.ab /tmp/before . latency    # capture latency at 500 changes/s
 
 Each checkout runs its own `run_daemon.py` (with this checkout's interpreter) on a
 store of its own; wrk posts to one, then the other, the order swapped every round.
 Each daemon gets one post first (steady state: it starts the store writer process).
+`latency` runs the capture-latency benchmark (`bench.capture_live.measure_latency`,
+`--seconds` of billing commits at 500/s) against each checkout's daemon in turn,
+each round on a fresh billing database and store.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from bench.common import PY, Daemon, free_port, median, workdir, write_config, wrk
+from bench.capture_live import measure_latency
+from bench.common import PY, Daemon, free_port, median, percentile, workdir, write_config, wrk
 from bench.http_api import EVENT, _post_script
 
 
@@ -42,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab")
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
-    parser.add_argument("load", choices=["single", "batch"])
+    parser.add_argument("load", choices=["single", "batch", "latency"])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=8)
     args = parser.parse_args(argv)
     checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
+    if args.load == "latency":
+        return _latency(checkouts, args.rounds, args.seconds)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     with workdir("ab") as directory:
         if args.load == "single":
@@ -82,6 +89,30 @@ def main(argv: list[str] | None = None) -> int:
         p99 = median([r["p99"] for r in runs[name]])
         print(f"{name}: median {rates[name]:,.0f} events/s, p99 median {p99:.1f} ms")
     print(f"after ÷ before: {rates['after'] / rates['before']:.2f}")
+    return 0
+
+
+def _latency(checkouts: dict[str, Path], rounds: int, seconds: int) -> int:
+    p50s: dict[str, list[float]] = {name: [] for name in checkouts}
+    p99s: dict[str, list[float]] = {name: [] for name in checkouts}
+    with workdir("ab-latency") as directory:
+        for round_ in range(rounds):
+            order = list(checkouts) if round_ % 2 == 0 else list(checkouts)[::-1]
+            for name in order:
+                run = directory / f"{name}-{round_}"
+                run.mkdir()
+                checkout = checkouts[name]
+                lat, polls, missing = measure_latency(
+                    run, seconds, lambda config, port: CheckoutDaemon(checkout, config, port)  # noqa: B023
+                )
+                p50s[name].append(percentile(lat, 50))
+                p99s[name].append(percentile(lat, 99))
+                print(f"{name}: p50 {p50s[name][-1]:.2f} ms, p99 {p99s[name][-1]:.2f} ms, "
+                      f"GET round trip {median(polls):.2f} ms, never seen {missing}", flush=True)
+    for name in checkouts:
+        print(f"{name}: p50 median {median(p50s[name]):.2f} ms, "
+              f"p99 median {median(p99s[name]):.2f} ms")
+    print(f"after ÷ before, p50: {median(p50s['after']) / median(p50s['before']):.2f}")
     return 0
 
 

@@ -105,61 +105,71 @@ def _backlog_while_writing(daemon: Daemon, billing: Path, seconds: float, *,
     return samples
 
 
+def measure_latency(directory: Path, seconds: float,
+                    daemon: Callable[[Path, int], Daemon] = Daemon,
+                    ) -> tuple[list[float], list[float], int]:
+    """One run: (commit → visible latencies in ms, GET round trips in ms, changes never
+    seen). `daemon(config, port)` starts the daemon (`bench.ab` passes another
+    checkout's)."""
+    billing, config, port = _setup(directory, "lat")
+    running = daemon(config, port)
+    seen: dict[str, float] = {}
+    polls: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        deadline = time.monotonic() + seconds + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            t = time.perf_counter()
+            # 50 events are 100 ms of changes at 500/s: enough between two polls (an
+            # event missed for longer is counted as never seen), and a smaller
+            # page makes each poll, the resolution of this measurement, shorter.
+            conn.request("GET", "/v1/events?stream=billing&entity=charge&limit=50")
+            body = json.loads(conn.getresponse().read())
+            now = time.time()
+            polls.append((time.perf_counter() - t) * 1000)
+            for event in body["events"]:
+                seen.setdefault(event["entity_id"], now)
+        conn.close()
+
+    log = directory / "commits.txt"
+    # The measuring loop must not stall on its own collector: this process holds
+    # matplotlib and friends, and a full collection of it paused the loop for
+    # 35-60 ms every ~1.4 s (every 325th GET round trip), which showed up as capture
+    # latency. Nothing here makes cycles that need collecting within the run.
+    gc.freeze()
+    gc.disable()
+    try:
+        poller = threading.Thread(target=poll)
+        poller.start()
+        writer = _writer(billing, seconds, rate=500, tx=1, log=log)
+        writer.communicate(timeout=seconds + 60)
+        time.sleep(2)
+        stop.set()
+        poller.join()
+    finally:
+        stop.set()
+        gc.enable()
+        gc.unfreeze()
+        running.stop()
+    committed = {}
+    for line in log.read_text().splitlines():
+        row_id, at = line.split()
+        committed[row_id] = float(at)
+    lat = [(seen[k] - t) * 1000 for k, t in committed.items() if k in seen]
+    return lat, polls, len(committed) - len(lat)
+
+
 def latency(quick: bool) -> Result:
     seconds = 10 if quick else 60
     result = Result("capture_latency", "Capture latency at 500 changes/s")
     with workdir("lat") as directory:
-        billing, config, port = _setup(directory, "lat")
-        daemon = Daemon(config, port)
-        seen: dict[str, float] = {}
-        polls: list[float] = []
-        stop = threading.Event()
-
-        def poll() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            deadline = time.monotonic() + seconds + 30
-            while not stop.is_set() and time.monotonic() < deadline:
-                t = time.perf_counter()
-                # 50 events are 100 ms of changes at 500/s: enough between two polls (an
-                # event missed for longer is counted as never seen), and a smaller
-                # page makes each poll, the resolution of this measurement, shorter.
-                conn.request("GET", "/v1/events?stream=billing&entity=charge&limit=50")
-                body = json.loads(conn.getresponse().read())
-                now = time.time()
-                polls.append((time.perf_counter() - t) * 1000)
-                for event in body["events"]:
-                    seen.setdefault(event["entity_id"], now)
-            conn.close()
-
-        log = directory / "commits.txt"
-        # The measuring loop must not stall on its own collector: this process holds
-        # matplotlib and friends, and a full collection of it paused the loop for
-        # 35-60 ms every ~1.4 s (every 325th GET round trip), which showed up as capture
-        # latency. Nothing here makes cycles that need collecting within the run.
-        gc.freeze()
-        gc.disable()
-        try:
-            poller = threading.Thread(target=poll)
-            poller.start()
-            writer = _writer(billing, seconds, rate=500, tx=1, log=log)
-            writer.communicate(timeout=seconds + 60)
-            time.sleep(2)
-            stop.set()
-            poller.join()
-        finally:
-            stop.set()
-            gc.enable()
-            gc.unfreeze()
-            daemon.stop()
-        committed = {}
-        for line in log.read_text().splitlines():
-            row_id, at = line.split()
-            committed[row_id] = float(at)
-    lat = [(seen[k] - t) * 1000 for k, t in committed.items() if k in seen]
-    missing = len(committed) - len(lat)
+        lat, polls, missing = measure_latency(directory, seconds)
+    changes = len(lat) + missing
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     resolution = median(polls)
-    size = f"{len(committed):,} changes over {seconds} s"
+    size = f"{changes:,} changes over {seconds} s"
     size += " (quick; full: 60 s)" if quick else ""
     result.rounds = {"latency ms": lat[:20000], "poll round trip ms": polls[:20000]}
     result.figures.append(Figure(
