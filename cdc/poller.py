@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -31,6 +31,7 @@ from cdc.translate import translate
 from config import SourceConfig, TableConfig
 from storage.store import AppendRequest, CapturePosition
 from storage.writer import Writer
+from storage.writer_process import ProcessWriter
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,18 @@ class ShadowPoller:
         writer: Writer,
         position: int,
         batch_size: int,
+        *,
+        caught_up_writer: ProcessWriter | None = None,
+        stored_position: Callable[[], int] | None = None,
     ) -> None:
         self.source = source
         self._writer = writer
+        self._caught_up_writer = caught_up_writer
+        """Where the batch of a read that caught up goes, when given (see `poll_once`)."""
+        self._stored_position = stored_position
+        """The position the store holds (worker thread), read again after a failed append."""
+        self._unsure = False
+        """An append failed: it may have committed (its position with it) or not."""
         self._batch_size = batch_size
         self._tables: Mapping[str, TableConfig] = {t.table: t for t in source.tables}
         self._conn: sqlite3.Connection | None = None
@@ -99,7 +109,20 @@ class ShadowPoller:
         return changed
 
     async def poll_once(self, *, force: bool = False, up_to: int | None = None) -> int:
-        """Store one batch; returns how many shadow rows it consumed (0 when idle)."""
+        """Store one batch; returns how many shadow rows it consumed (0 when idle).
+
+        A batch read by a read that caught up (fewer rows than its limit: changes
+        someone may be waiting to see) goes through `caught_up_writer`, the store
+        writer process, where there is one and it runs (while it starts, the
+        thread takes them: waiting for it held back the first changes for a third
+        of a second). Its commit does not take turns with the API at the daemon's
+        GIL: capture latency at 500 changes/s with the API polled (`python -m
+        bench.ab ... latency`, two runs of six alternating rounds), p50 medians
+        18.5 -> 16.0 ms and 20.0 -> 20.1 ms, p99 39.5 -> 39.1 and 40.3 -> 39.4 ms.
+        A backlog's full batches stay on `writer`, the daemon's thread: every
+        batch through the process cost end to end 0.46-0.47 of the raw ceiling
+        against 0.51 (`bench/analysis.md`, session 13).
+        """
         self._behind = None
         rows = await run_blocking(self._read, force, up_to)
         if not rows:
@@ -107,9 +130,18 @@ class ShadowPoller:
             return 0
         events, failures = translate(rows, self._tables, self.source.name)
         position = rows[-1].seq
-        await self._writer.append(
-            AppendRequest(events, CapturePosition(self.source.name, position))
-        )
+        writer = self._writer
+        caught_up = self._caught_up_writer
+        if caught_up is not None and caught_up.ready and up_to is None and not self._more:
+            writer = caught_up
+        try:
+            await writer.append(AppendRequest(events, CapturePosition(self.source.name, position)))
+        except BaseException:
+            # Committed or not (a writer process that died holding it cannot say): the
+            # next read starts from the position the store holds, so the batch is
+            # stored again only if it was not, and never twice.
+            self._unsure = True
+            raise
         self._show_behind()
         for row, reason in failures:
             if row.seq not in self.stats.untranslatable:
@@ -127,6 +159,10 @@ class ShadowPoller:
         return len(rows)
 
     def _read(self, force: bool, up_to: int | None) -> list[shadow.ShadowRow]:
+        if self._unsure:
+            if self._stored_position is not None:
+                self.stats.position = self._stored_position()
+            self._unsure, force = False, True  # the failed batch's rows are still there
         if not force and not self._changed_since_last_look():
             return []
         limit = self._batch_size

@@ -34,6 +34,7 @@ from cdc.watcher import DatabaseWatcher
 from config import Config, SourceConfig
 from storage.store import AuditStore
 from storage.writer import Writer
+from storage.writer_process import ProcessWriter
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,24 @@ class SourceCapture:
     """One source: its poller, its wake-up event and the task that drains it."""
 
     def __init__(
-        self, source: SourceConfig, store: AuditStore, writer: Writer, batch_size: int
+        self,
+        source: SourceConfig,
+        store: AuditStore,
+        writer: Writer,
+        batch_size: int,
+        caught_up_writer: ProcessWriter | None = None,
     ) -> None:
         self.source = source
         self.store = store
         self.writer = writer
-        self.poller = ShadowPoller(source, writer, store.capture_position(source.name), batch_size)
+        self.poller = ShadowPoller(
+            source,
+            writer,
+            store.capture_position(source.name),
+            batch_size,
+            caught_up_writer=caught_up_writer,
+            stored_position=lambda: store.capture_position(source.name),
+        )
         self._wake = asyncio.Event()
         self._schema_version: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -183,10 +196,18 @@ class SourceCapture:
 class CaptureService:
     """Every source of the config, woken by file events and a fallback schedule."""
 
-    def __init__(self, config: Config, store: AuditStore, writer: Writer) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: AuditStore,
+        writer: Writer,
+        caught_up_writer: ProcessWriter | None = None,
+    ) -> None:
+        """`writer` commits capture's batches; `caught_up_writer`, when given, those of
+        reads that caught up (`ShadowPoller.poll_once`)."""
         self.config = config
         self.sources = [
-            SourceCapture(source, store, writer, config.capture.batch_size)
+            SourceCapture(source, store, writer, config.capture.batch_size, caught_up_writer)
             for source in config.sources
         ]
         self.catch_ups = [

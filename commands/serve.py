@@ -163,21 +163,26 @@ def attach_capture(app: Any, config: Config, store: AuditStore) -> None:
     with its status in `/v1/streams`, `/readyz` and `/metrics`."""
     from cdc.service import CaptureService
     from storage.writer import GroupCommitWriter
+    from storage.writer_process import ProcessWriter
     from web.keys import WRITER
 
-    # Capture commits in a thread of the daemon, sharing the API's writer when that is
-    # one too. Not through the API's store writer process (storage.writer_process): a
-    # poller sends one batch at a time, and the trip there and back cost more than the
-    # thread's GIL hand-offs (a 60,000-change drain: 14,500-15,600 changes/s on a
-    # thread, 11,000-11,500 through the process).
+    # Capture drains in a thread of the daemon, sharing the API's writer when that is
+    # one too. Where the API has a store writer process (storage.writer_process), a
+    # backlog's full batches still go through a thread of capture's own (the trip to
+    # the process and back cost more than the thread's GIL hand-offs), and only the
+    # small batches of a poller that has caught up go to the process, where their
+    # commit does not wait for the API at the daemon's GIL (cdc.poller.poll_once).
     api_writer = app[WRITER]
     own = None if isinstance(api_writer, GroupCommitWriter) else GroupCommitWriter(store)
-    service = CaptureService(config, store, own or api_writer)
+    caught_up = api_writer if isinstance(api_writer, ProcessWriter) else None
+    service = CaptureService(config, store, own or api_writer, caught_up_writer=caught_up)
     publisher = show_capture_status(app, service.status)
 
     async def capture(app: Any) -> AsyncIterator[None]:
         if own is not None:
             await own.start()
+        if caught_up is not None and service.sources:
+            caught_up.warm()  # started with the API's writer, before capture
         await service.start()
         log.info("capturing %d source(s)", len(service.sources))
         async with publisher():

@@ -24,8 +24,9 @@ from cdc.watcher import DatabaseWatcher
 from config import load_config
 from demo.simulator import create_schema
 from storage.query import EventQuery
-from storage.store import AuditStore
+from storage.store import Appended, AppendRequest, AuditStore
 from storage.writer import GroupCommitWriter
+from storage.writer_process import ProcessWriter, WriterLost
 from tests.capture_support import capturing, run_sql, wait_for
 from tests.daemon import ROOT, free_port, run_cli, running_daemon
 
@@ -382,3 +383,146 @@ async def test_stored_shadow_rows_are_pruned_in_chunks_and_when_idle(
         await service.stop()
         await writer.stop()
         store.close()
+
+
+class _FlakyWriter:
+    """The real group-commit writer, except that one append fails: after its commit
+    (a store writer process that died holding it: committed, but nobody can say) or
+    before it."""
+
+    def __init__(self, writer: GroupCommitWriter, *, commit_first: bool) -> None:
+        self._writer = writer
+        self._commit_first = commit_first
+        self.failed = False
+        self.commits = 0
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def append(self, request: AppendRequest) -> list[Appended]:
+        if self.failed:
+            return await self._writer.append(request)
+        self.failed = True
+        if self._commit_first:
+            await self._writer.append(request)
+        raise WriterLost("the store writer stopped during this commit")
+
+
+def _stored_charges(store: AuditStore) -> list[tuple[int, str]]:
+    page = store.query(EventQuery(stream="billing", limit=1000, order="asc"))
+    return [(e.seq, e.id) for e in page.events]
+
+
+@pytest.mark.parametrize("commit_first", [True, False], ids=["committed", "not-committed"])
+async def test_a_failed_append_is_stored_once_from_the_position_the_store_holds(
+    tmp_path: Path, commit_first: bool
+) -> None:
+    """An append that fails may have committed (its position with it) or not. The next
+    drain starts from the position the store holds: a committed batch is not stored
+    again (before, every retry failed on the events' unique ids, and capture stopped
+    for good); one that was not is stored, without waiting for a new billing commit."""
+    config = load_config(demo_config(tmp_path, free_port()))
+    create_schema(tmp_path / "billing.db")
+    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
+    simulate(tmp_path / "billing.db", 20)
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    flaky = _FlakyWriter(writer, commit_first=commit_first)
+    poller = ShadowPoller(
+        config.sources[0],
+        flaky,
+        0,
+        1000,
+        stored_position=lambda: store.capture_position("billing"),
+    )
+    try:
+        with pytest.raises(WriterLost):
+            await poller.drain()
+        first = _stored_charges(store)
+        assert len(first) == (20 if commit_first else 0)
+        await poller.drain()  # no billing commit in between
+        stored = _stored_charges(store)
+        assert len(stored) == 20 and len({id_ for _, id_ in stored}) == 20
+        assert [seq for seq, _ in stored] == list(range(1, 21))
+        simulate(tmp_path / "billing.db", 5, seed=4)
+        await poller.drain()
+        assert len(_stored_charges(store)) == 25
+        assert poller.stats.position == store.capture_position("billing")
+    finally:
+        poller.close()
+        await writer.stop()
+        store.close()
+
+
+async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_path: Path) -> None:
+    """A backlog's full batches go through capture's thread writer; the batch of the read
+    that caught up, through the store writer process (its commit does not wait for the
+    API at the daemon's GIL)."""
+    config = load_config(demo_config(tmp_path, free_port()))
+    create_schema(tmp_path / "billing.db")
+    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
+    simulate(tmp_path / "billing.db", 25)
+    store = AuditStore.open(config.store.url, shared=True)
+    thread = GroupCommitWriter(store)
+    process = ProcessWriter(store, config.store.url)
+    await thread.start()
+    await process.start()
+    poller = ShadowPoller(config.sources[0], thread, 0, 10, caught_up_writer=process)
+    try:
+        process.warm()
+        await wait_for(lambda: process.ready, "the store writer process")
+        assert await poller.drain() == 25
+        assert (thread.commits, process.commits) == (2, 1)  # 10 + 10, then 5
+        assert process.pid is not None
+        assert [seq for seq, _ in _stored_charges(store)] == list(range(1, 26))
+        simulate(tmp_path / "billing.db", 3, seed=4)
+        assert await poller.drain() == 3
+        assert (thread.commits, process.commits) == (2, 2)
+        assert poller.stats.position == store.capture_position("billing")
+    finally:
+        poller.close()
+        await process.stop()
+        await thread.stop()
+        store.close()
+
+
+def test_a_capturing_daemon_starts_its_store_writer_process_with_capture(tmp_path: Path) -> None:
+    """Before any post: capture's first caught-up batch must not wait for it to start."""
+    port = free_port()
+    config = demo_config(tmp_path, port)
+    create_schema(tmp_path / "billing.db")
+    with running_daemon(config, port) as daemon:
+        deadline = time.monotonic() + 20
+        children: list[str] = []
+        while time.monotonic() < deadline and not children:
+            time.sleep(0.1)
+            children = [
+                cmdline
+                for stat in Path("/proc").glob("[0-9]*/stat")
+                if _parent(stat) == daemon.pid
+                and "storage.writer_process" in (cmdline := _cmdline(stat.parent))
+            ]
+        assert children, "no store writer process started"
+        simulate(tmp_path / "billing.db", 5)
+        deadline = time.monotonic() + 20
+        events: list[Any] = []
+        while time.monotonic() < deadline and len(events) < 5:
+            time.sleep(0.1)
+            events = get_json(f"http://127.0.0.1:{port}/v1/events?stream=billing")["events"]
+        assert len(events) == 5
+
+
+def _parent(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(process: Path) -> str:
+    try:
+        return (process / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
