@@ -21,7 +21,7 @@ import yaml
 from cdc.poller import ShadowPoller
 from cdc.service import CaptureService
 from cdc.watcher import DatabaseWatcher
-from config import load_config
+from config import Config, load_config
 from demo.simulator import create_schema
 from storage.query import EventQuery
 from storage.store import Appended, AppendRequest, AuditStore
@@ -54,6 +54,16 @@ def demo_config(tmp_path: Path, port: int, **capture: Any) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def captured_billing(tmp_path: Path, changes: int) -> Config:
+    """The demo's config, its billing database with triggers, and `changes` made to it
+    by the simulator (a process of its own)."""
+    config = load_config(demo_config(tmp_path, free_port()))
+    create_schema(tmp_path / "billing.db")
+    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
+    simulate(tmp_path / "billing.db", changes)
+    return config
 
 
 def get_json(url: str) -> Any:
@@ -253,10 +263,7 @@ async def test_a_cancelled_drain_lets_its_thread_finish_before_the_connection_cl
             finished.set()
 
     monkeypatch.setattr(ShadowPoller, "_tidy", slow_tidy)
-    config = load_config(demo_config(tmp_path, free_port()))
-    create_schema(tmp_path / "billing.db")
-    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
-    simulate(tmp_path / "billing.db", 5)
+    config = captured_billing(tmp_path, 5)
     store = AuditStore.open(config.store.url)
     writer = GroupCommitWriter(store)
     await writer.start()
@@ -422,10 +429,7 @@ async def test_a_failed_append_is_stored_once_from_the_position_the_store_holds(
     drain starts from the position the store holds: a committed batch is not stored
     again (before, every retry failed on the events' unique ids, and capture stopped
     for good); one that was not is stored, without waiting for a new billing commit."""
-    config = load_config(demo_config(tmp_path, free_port()))
-    create_schema(tmp_path / "billing.db")
-    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
-    simulate(tmp_path / "billing.db", 20)
+    config = captured_billing(tmp_path, 20)
     store = AuditStore.open(config.store.url)
     writer = GroupCommitWriter(store)
     await writer.start()
@@ -460,10 +464,7 @@ async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_pat
     """A backlog's full batches go through capture's thread writer; the batch of the read
     that caught up, through the store writer process (its commit does not wait for the
     API at the daemon's GIL)."""
-    config = load_config(demo_config(tmp_path, free_port()))
-    create_schema(tmp_path / "billing.db")
-    assert run_cli("install-triggers", config=tmp_path / "config.yaml").returncode == 0
-    simulate(tmp_path / "billing.db", 25)
+    config = captured_billing(tmp_path, 25)
     store = AuditStore.open(config.store.url, shared=True)
     thread = GroupCommitWriter(store)
     process = ProcessWriter(store, config.store.url)
