@@ -309,9 +309,9 @@ def end_to_end(quick: bool) -> Result:
 class Drained(NamedTuple):
     rate: float  # changes/s, writing the backlog included
     peak_mb: float  # workers: 1: the peak RSS (VmHWM) of each process in the daemon's tree,
-    # summed (the daemon, and its store writer process once a post started it)
+    # summed (the daemon, and its store writer process, started with capture)
     daemon_peak_mb: float  # the daemon's own
-    idle_mb: float  # their RSS after start, before the backlog
+    idle_mb: float  # their PSS after start, before the backlog (the store writer running)
     tree: list[tuple[int, int, int]]  # (processes, RSS, PSS) samples every 0.5 s, KiB
 
 
@@ -339,7 +339,7 @@ def _drain_while_querying(directory: Path, tag: str, size: int, *, workers: int 
 
     try:
         time.sleep(1)
-        idle = daemon.tree_memory_kb()[1] / 1024
+        idle = daemon.tree_memory_kb()[2] / 1024
         # The backlog is written while the daemon already runs: it drains as it goes.
         t0 = time.monotonic()
         make_backlog(billing, size)
