@@ -206,9 +206,9 @@ class ShadowPoller:
         longer and competed with the billing service's own writes.
 
         The backlog shown in the stats is counted by the read that caught up, in
-        its own trip to the worker thread (rows committed after it wake the poller
-        again); a drain ends with a trip of its own only to prune, or after an
-        `up_to` drain. At 500 changes/s with the API polled, that trip was 1.4 ms
+        the same trip to the worker thread as the read (rows committed after it
+        wake the poller again); a drain ends with a trip of its own only to prune,
+        or after an `up_to` drain. At 500 changes/s with the API polled, that trip was 1.4 ms
         (median) of every wake-up's 18 ms (`bench/analysis.md`, session 13).
         """
         total = 0
