@@ -413,8 +413,9 @@ class AuditStore:
 
     def _save_position(self, conn: Connection, position: CapturePosition, now: datetime) -> None:
         """Every capture append's last statement, on the driver like `_advance_head`:
-        built through SQLAlchemy (an upsert with `excluded`) it took 1.0 ms of a
-        3-event append's 2.1 ms in the daemon (`bench/analysis.md`, session 13)."""
+        built through SQLAlchemy (an upsert with `excluded`) it took 1.2 ms of the
+        append's 5.8 ms of statements under the capture-latency benchmark's load
+        (`bench/analysis.md`, session 13)."""
         mark = param_mark(conn)
         driver_rows(
             conn,
