@@ -53,6 +53,7 @@ class CatchUp:
         self._capture_starts = False
         capture.on_gap = self.on_gap
         capture.before_drain = self.run_pending
+        capture.work_waits = lambda: self.snapshot_pending or bool(self.gaps)
 
     async def attach_first(self) -> None:
         """The source's first attach, with the snapshot decided (and recorded) before it."""

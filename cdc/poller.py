@@ -13,7 +13,9 @@ it. Idle polls are cheap: `PRAGMA data_version` tells whether anyone has
 committed to the billing database since the last look.
 
 Billing-database work is blocking sqlite3 code; it runs in a worker thread so
-the event loop keeps serving the API.
+the event loop keeps serving the API. The exception is a drain's first read of
+at most `LOOK_ROWS` rows, on a connection that never waits for a lock (see
+`poll_once`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ from storage.writer_process import ProcessWriter
 
 log = logging.getLogger(__name__)
 
+LOOK_ROWS = 64
+"""The most rows the first read of a drain takes on the event loop (see `poll_once`)."""
 PRUNE_ROWS = 1000
 """Prune once this many stored rows have gathered in the shadow table…"""
 PRUNE_SECONDS = 1.0
 """…or this long after the last prune (the fallback poll's wake-ups get there when idle)."""
+
+
+class SchemaChanged(Exception):
+    """`drain(schema=…)` found the billing schema changed since that version: it read
+    nothing, so the caller can follow the migration before anything is stored."""
 
 
 @dataclass
@@ -79,7 +88,12 @@ class ShadowPoller:
         self._batch_size = batch_size
         self._tables: Mapping[str, TableConfig] = {t.table: t for t in source.tables}
         self._conn: sqlite3.Connection | None = None
-        self._data_version: int | None = None
+        """The worker thread's connection (reads, prunes)."""
+        self._loop_conn: sqlite3.Connection | None = None
+        """The event loop's connection: reads only, and never waits for a lock."""
+        self._data_versions: dict[int, int] = {}
+        """`PRAGMA data_version` each connection saw last (per connection: its values
+        mean nothing to another)."""
         self._more = False
         """The last read hit its limit: more rows may be waiting right behind it."""
         self._pruned_up_to = -1
@@ -93,22 +107,37 @@ class ShadowPoller:
             self._conn = installer.connect(self.source.database)
         return self._conn
 
+    def _loop_connection(self) -> sqlite3.Connection:
+        if self._loop_conn is None:
+            self._loop_conn = installer.connect(self.source.database, busy_timeout_ms=0)
+        return self._loop_conn
+
     def schema_version(self) -> int:
         """The billing database's `PRAGMA schema_version` (changes with every migration)."""
         return installer.schema_version(self._connection())
 
     def close(self) -> None:
+        self._close_loop_connection()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._data_versions.clear()
 
-    def _changed_since_last_look(self) -> bool:
-        version = int(self._connection().execute("PRAGMA data_version").fetchone()[0])
-        changed = version != self._data_version
-        self._data_version = version
+    def _close_loop_connection(self) -> None:
+        if self._loop_conn is not None:
+            self._data_versions.pop(id(self._loop_conn), None)
+            self._loop_conn.close()
+            self._loop_conn = None
+
+    def _changed_since_last_look(self, conn: sqlite3.Connection) -> bool:
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        changed = version != self._data_versions.get(id(conn))
+        self._data_versions[id(conn)] = version
         return changed
 
-    async def poll_once(self, *, force: bool = False, up_to: int | None = None) -> int:
+    async def poll_once(
+        self, *, force: bool = False, up_to: int | None = None, schema: int | None = None
+    ) -> int:
         """Store one batch; returns how many shadow rows it consumed (0 when idle).
 
         A batch read by a read that caught up (fewer rows than its limit: changes
@@ -122,9 +151,28 @@ class ShadowPoller:
         A backlog's full batches stay on `writer`, the daemon's thread: every
         batch through the process cost end to end 0.46-0.47 of the raw ceiling
         against 0.51 (`bench/analysis.md`, session 13).
+
+        With `schema`, the read first checks that the billing database's schema
+        version is still that one, and raises `SchemaChanged` (nothing read) if not.
+
+        The first read of a drain (not forced, no `up_to`) runs on the event loop,
+        taking at most `LOOK_ROWS` rows, on a connection that never waits for a
+        lock: in WAL mode it is a few reads of pages in memory, and the trip to the
+        worker thread cost more than the read (about 1 ms of a 3.7 ms wake-up at
+        500 changes/s with the API polled; `bench/analysis.md`, session 14). Where
+        it cannot (a writer holds a rollback journal's lock, any error), the read
+        is done again in the worker thread; so are the rest of a backlog's reads.
         """
         self._behind = None
-        rows = await run_blocking(self._read, force, up_to)
+        rows = None
+        if not force and up_to is None and not self._unsure:
+            try:
+                rows = self._read(False, None, schema, on_loop=True)
+            except sqlite3.Error:
+                self._close_loop_connection()
+                force = True  # the loop's look may have taken the change's news
+        if rows is None:
+            rows = await run_blocking(self._read, force, up_to, schema)
         if not rows:
             self._show_behind()
             return 0
@@ -158,19 +206,24 @@ class ShadowPoller:
         self.stats.last_capture_at = datetime.now().astimezone()
         return len(rows)
 
-    def _read(self, force: bool, up_to: int | None) -> list[shadow.ShadowRow]:
+    def _read(
+        self, force: bool, up_to: int | None, schema: int | None, *, on_loop: bool = False
+    ) -> list[shadow.ShadowRow]:
+        conn = self._loop_connection() if on_loop else self._connection()
+        if schema is not None and installer.schema_version(conn) != schema:
+            raise SchemaChanged(f"source {self.source.name}: schema version is no longer {schema}")
         if self._unsure:
             if self._stored_position is not None:
                 self.stats.position = self._stored_position()
             self._unsure, force = False, True  # the failed batch's rows are still there
-        if not force and not self._changed_since_last_look():
+        if not force and not self._changed_since_last_look(conn):
             return []
-        limit = self._batch_size
+        limit = min(self._batch_size, LOOK_ROWS) if on_loop else self._batch_size
         if up_to is not None:
             if self.stats.position >= up_to:
                 return []
             limit = max(1, min(limit, up_to - self.stats.position))
-        rows = shadow.read_batch(self._connection(), self.stats.position, limit)
+        rows = shadow.read_batch(conn, self.stats.position, limit)
         if up_to is not None:
             # Never past `up_to`: reconciliation compares the trail as of exactly that
             # seq. `up_to` is a head read in a committed snapshot, so no statement spans
@@ -179,13 +232,12 @@ class ShadowPoller:
         self._more = len(rows) >= limit
         if self._more or up_to is not None:
             # More may be waiting: make the next look read even if nobody commits.
-            self._data_version = None
+            self._data_versions.clear()
         else:
-            self._behind = self._count_after(rows[-1].seq if rows else self.stats.position)
+            self._behind = self._count_after(conn, rows[-1].seq if rows else self.stats.position)
         return rows
 
-    def _count_after(self, seq: int) -> tuple[int, str | None]:
-        conn = self._connection()
+    def _count_after(self, conn: sqlite3.Connection, seq: int) -> tuple[int, str | None]:
         waiting = shadow.backlog(conn, seq)
         return waiting, shadow.oldest_change_after(conn, seq) if waiting else None
 
@@ -195,8 +247,13 @@ class ShadowPoller:
             self.stats.backlog, self.stats.oldest_pending_at = self._behind
             self._behind = None
 
-    async def drain(self, up_to: int | None = None) -> int:
+    async def drain(self, up_to: int | None = None, *, schema: int | None = None) -> int:
         """Poll until the backlog (or everything up to seq `up_to`) is stored.
+
+        With `schema` (a `PRAGMA schema_version`), the first read checks it before
+        it reads and raises `SchemaChanged`, storing nothing, when the billing
+        database has migrated since (`cdc.service` then follows the migration
+        first).
 
         Without `up_to` it stops after a batch that did not fill up: that read saw
         every committed change, and the next commit wakes the poller again. Stored
@@ -214,7 +271,8 @@ class ShadowPoller:
         total = 0
         force = up_to is not None
         while True:
-            consumed = await self.poll_once(force=force, up_to=up_to)
+            consumed = await self.poll_once(force=force, up_to=up_to, schema=schema)
+            schema = None
             total += consumed
             if consumed == 0:
                 break

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc.poller import ShadowPoller
+from cdc.poller import SchemaChanged, ShadowPoller
 from cdc.service import CaptureService
 from cdc.watcher import DatabaseWatcher
 from config import Config, load_config
@@ -190,7 +190,6 @@ async def test_file_events_alone_wake_capture_for_each_change(
             assert stored() == n
 
 
-
 async def test_writes_to_other_files_in_the_folder_raise_next_to_no_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,6 +237,7 @@ async def test_writes_to_other_files_in_the_folder_raise_next_to_no_events(
             await asyncio.sleep(0.1)
     finally:
         watcher.stop()
+
 
 async def test_a_cancelled_drain_lets_its_thread_finish_before_the_connection_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -334,7 +334,6 @@ def test_demo_command_simulates_captures_serves_and_stops_cleanly(tmp_path: Path
     simulator_pid = int(log.split("(pid ", 1)[1].split(")", 1)[0])
     # The daemon waits for its simulator, so the process is gone, not a zombie.
     assert not Path(f"/proc/{simulator_pid}").exists()
-
 
 
 def _shadow(database: Path) -> tuple[int, int]:
@@ -455,6 +454,92 @@ async def test_a_failed_append_is_stored_once_from_the_position_the_store_holds(
         assert len(_stored_charges(store)) == 25
         assert poller.stats.position == store.capture_position("billing")
     finally:
+        poller.close()
+        await writer.stop()
+        store.close()
+
+
+async def test_a_drain_given_a_stale_schema_version_reads_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """The capture task checks the schema version in the drain's first read: a migration
+    since the version it knows stops the drain before anything is read, so the task can
+    follow the migration first; the version it knows lets the drain through."""
+    config = captured_billing(tmp_path, 20)
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
+    try:
+        known = poller.schema_version()
+        run_sql(tmp_path / "billing.db", "ALTER TABLE customers ADD COLUMN fax TEXT")
+        with pytest.raises(SchemaChanged):
+            await poller.drain(schema=known)
+        assert _stored_charges(store) == [] and poller.stats.position == 0
+        assert writer.commits == 0
+        assert await poller.drain(schema=poller.schema_version()) == 20
+        assert [seq for seq, _ in _stored_charges(store)] == list(range(1, 21))
+    finally:
+        poller.close()
+        await writer.stop()
+        store.close()
+
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("UPDATE customers SET name = 'Locked Writer' WHERE id = 1")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+async def test_a_billing_writer_holding_its_lock_never_stalls_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """A drain's first read runs on the event loop, on a connection that never waits for
+    a lock. When the billing service holds a rollback journal's exclusive lock (no WAL),
+    that read gives way to the worker thread, which waits for the lock: the loop goes on
+    meanwhile, and the change committed under the lock is stored once it is released."""
+    config = captured_billing(tmp_path, 5)
+    database = tmp_path / "billing.db"
+    run_sql(database, "PRAGMA journal_mode = DELETE")
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_LOCK, str(database), "1.0", stdout=subprocess.PIPE
+    )
+    try:
+        assert await poller.drain() == 5
+        assert holder.stdout is not None and await holder.stdout.readline() == b"locked\n"
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        consumed = await poller.drain()
+        waited = time.monotonic() - started
+        ticker.cancel()
+        assert await asyncio.wait_for(holder.wait(), 30) == 0
+        assert consumed == 1 and waited >= 0.5  # it waited for the lock…
+        assert max(gaps) < 0.5  # …in the worker thread, not on the loop
+        updated = store.query(EventQuery(entity="customer", entity_id="1", event_types=("UPDATE",)))
+        assert [e.after["name"] for e in updated.events if e.after] == ["Locked Writer"]
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
         poller.close()
         await writer.stop()
         store.close()
