@@ -74,12 +74,11 @@ def write_report(path: Path, order: list[str]) -> None:
         lines += ["", f"### {result['title']}", "",
                   f"Script: `bench/` (`{result['name']}`), took {result['seconds']:.0f} s. "
                   f"Plot: `bench/results/{result['name']}.png`.", ""]
-        if result["name"] not in ("capture_latency",):
-            lines.append("| series | median | rounds |")
-            lines.append("|---|---|---|")
-            for label, values in result["rounds"].items():
-                shown = ", ".join(_fmt(v) for v in values[:9])
-                lines.append(f"| {label} | {_fmt(median(values))} | {shown} |")
+        lines.append("| series | median | rounds |")
+        lines.append("|---|---|---|")
+        for label, values in result["rounds"].items():
+            shown = ", ".join(_fmt(v) for v in values[:9])
+            lines.append(f"| {label} | {_fmt(median(values))} | {shown} |")
         for f in result["figures"]:
             if f["note"]:
                 lines.append(f"\n{f['figure']}: {f['note']}.")
