@@ -160,8 +160,9 @@ class ShadowPoller:
         lock: in WAL mode it is a few reads of pages in memory, and the trip to the
         worker thread cost more than the read (about 1 ms of a 3.7 ms wake-up at
         500 changes/s with the API polled; `bench/analysis.md`, session 14). Where
-        it cannot (a writer holds a rollback journal's lock, any error), the read
-        is done again in the worker thread; so are the rest of a backlog's reads.
+        it cannot (a writer holds a rollback journal's lock, any error), or when it
+        finds more than `LOOK_ROWS` rows (a backlog, read in full batches), the
+        read is done again in the worker thread.
         """
         self._behind = None
         rows = None
@@ -171,6 +172,10 @@ class ShadowPoller:
             except sqlite3.Error:
                 self._close_loop_connection()
                 force = True  # the loop's look may have taken the change's news
+            if rows is not None and self._more:
+                # A backlog: read again in the worker thread as one full batch, not a
+                # small batch and its own commit first.
+                rows, force = None, True
         if rows is None:
             rows = await run_blocking(self._read, force, up_to, schema)
         if not rows:

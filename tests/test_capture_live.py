@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc.poller import SchemaChanged, ShadowPoller
+from cdc.poller import LOOK_ROWS, SchemaChanged, ShadowPoller
 from cdc.service import CaptureService
 from cdc.watcher import DatabaseWatcher
 from config import Config, load_config
@@ -479,6 +479,29 @@ async def test_a_drain_given_a_stale_schema_version_reads_and_stores_nothing(
         assert writer.commits == 0
         assert await poller.drain(schema=poller.schema_version()) == 20
         assert [seq for seq, _ in _stored_charges(store)] == list(range(1, 21))
+    finally:
+        poller.close()
+        await writer.stop()
+        store.close()
+
+
+async def test_a_backlog_found_by_the_first_look_is_stored_in_one_full_batch(
+    tmp_path: Path,
+) -> None:
+    """The first read of a drain runs on the loop and takes at most `LOOK_ROWS` rows;
+    finding more, it leaves them to the worker thread's full batch instead of
+    committing a small batch of its own first."""
+    config = captured_billing(tmp_path, 150)
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
+    try:
+        consumed = await poller.drain()
+        assert consumed > LOOK_ROWS
+        assert writer.commits == 1
+        assert len(_stored_charges(store)) > 0
+        assert poller.stats.position == store.capture_position("billing")
     finally:
         poller.close()
         await writer.stop()
