@@ -176,9 +176,20 @@ class RawLatencyPeer:
         raw.create_store(f"sqlite:///{store}")
         self.capture = subprocess.Popen([PY, "-m", "bench.raw_capture", str(billing), str(store)],
                                         cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        assert self.capture.stdout is not None and self.capture.stdout.readline() == "ready\n"
-        self.api = subprocess.Popen([PY, "-m", "bench.peers.raw_events_api", str(store),
-                                     str(port)], cwd=ROOT)
+        self.api: subprocess.Popen[bytes] | None = None
+        try:
+            assert self.capture.stdout is not None
+            if self.capture.stdout.readline() != "ready\n":
+                raise RuntimeError("bench.raw_capture did not start")
+            self.api = subprocess.Popen([PY, "-m", "bench.peers.raw_events_api", str(store),
+                                         str(port)], cwd=ROOT)
+            self._wait(self.api, port)
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _wait(api: subprocess.Popen[bytes], port: int) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -186,17 +197,17 @@ class RawLatencyPeer:
                 conn.request("GET", "/ping")
                 conn.getresponse().read()
                 conn.close()
-                break
+                return
             except OSError:
-                if time.monotonic() > deadline or self.api.poll() is not None:
-                    self.stop()
+                if time.monotonic() > deadline or api.poll() is not None:
                     raise RuntimeError("the raw events API did not answer /ping") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        for process in (self.api, self.capture):
+        running = [p for p in (self.api, self.capture) if p is not None]
+        for process in running:
             process.terminate()
-        for process in (self.api, self.capture):
+        for process in running:
             process.wait(timeout=60)
         if self.capture.stdout is not None:
             self.capture.stdout.close()

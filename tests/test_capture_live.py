@@ -533,11 +533,12 @@ async def test_a_billing_writer_holding_its_lock_never_stalls_the_event_loop(
     writer = GroupCommitWriter(store)
     await writer.start()
     poller = ShadowPoller(config.sources[0], writer, 0, 1000)
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _HOLD_LOCK, str(database), "1.0", stdout=subprocess.PIPE
-    )
+    holder: asyncio.subprocess.Process | None = None
     try:
         assert await poller.drain() == 5
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _HOLD_LOCK, str(database), "1.0", stdout=subprocess.PIPE
+        )
         assert holder.stdout is not None and await holder.stdout.readline() == b"locked\n"
         gaps: list[float] = []
 
@@ -560,7 +561,7 @@ async def test_a_billing_writer_holding_its_lock_never_stalls_the_event_loop(
         updated = store.query(EventQuery(entity="customer", entity_id="1", event_types=("UPDATE",)))
         assert [e.after["name"] for e in updated.events if e.after] == ["Locked Writer"]
     finally:
-        if holder.returncode is None:
+        if holder is not None and holder.returncode is None:
             holder.kill()
             await holder.wait()
         poller.close()
