@@ -4,6 +4,7 @@ database; the events show up through the HTTP API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -459,18 +461,31 @@ async def test_a_failed_append_is_stored_once_from_the_position_the_store_holds(
         store.close()
 
 
+@contextlib.asynccontextmanager
+async def polling(
+    config: Config,
+) -> AsyncIterator[tuple[AuditStore, GroupCommitWriter, ShadowPoller]]:
+    """A store, its group-commit writer and a poller of the config's first source
+    (batches of 1,000), closed afterwards."""
+    store = AuditStore.open(config.store.url)
+    writer = GroupCommitWriter(store)
+    await writer.start()
+    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
+    try:
+        yield store, writer, poller
+    finally:
+        poller.close()
+        await writer.stop()
+        store.close()
+
+
 async def test_a_drain_given_a_stale_schema_version_reads_and_stores_nothing(
     tmp_path: Path,
 ) -> None:
     """The capture task checks the schema version in the drain's first read: a migration
     since the version it knows stops the drain before anything is read, so the task can
     follow the migration first; the version it knows lets the drain through."""
-    config = captured_billing(tmp_path, 20)
-    store = AuditStore.open(config.store.url)
-    writer = GroupCommitWriter(store)
-    await writer.start()
-    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
-    try:
+    async with polling(captured_billing(tmp_path, 20)) as (store, writer, poller):
         known = poller.schema_version()
         run_sql(tmp_path / "billing.db", "ALTER TABLE customers ADD COLUMN fax TEXT")
         with pytest.raises(SchemaChanged):
@@ -479,10 +494,6 @@ async def test_a_drain_given_a_stale_schema_version_reads_and_stores_nothing(
         assert writer.commits == 0
         assert await poller.drain(schema=poller.schema_version()) == 20
         assert [seq for seq, _ in _stored_charges(store)] == list(range(1, 21))
-    finally:
-        poller.close()
-        await writer.stop()
-        store.close()
 
 
 async def test_a_backlog_found_by_the_first_look_is_stored_in_one_full_batch(
@@ -491,21 +502,12 @@ async def test_a_backlog_found_by_the_first_look_is_stored_in_one_full_batch(
     """The first read of a drain runs on the loop and takes at most `LOOK_ROWS` rows;
     finding more, it leaves them to the worker thread's full batch instead of
     committing a small batch of its own first."""
-    config = captured_billing(tmp_path, 150)
-    store = AuditStore.open(config.store.url)
-    writer = GroupCommitWriter(store)
-    await writer.start()
-    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
-    try:
+    async with polling(captured_billing(tmp_path, 150)) as (store, writer, poller):
         consumed = await poller.drain()
         assert consumed > LOOK_ROWS
         assert writer.commits == 1
         assert len(_stored_charges(store)) > 0
         assert poller.stats.position == store.capture_position("billing")
-    finally:
-        poller.close()
-        await writer.stop()
-        store.close()
 
 
 _HOLD_LOCK = """
@@ -529,44 +531,40 @@ async def test_a_billing_writer_holding_its_lock_never_stalls_the_event_loop(
     config = captured_billing(tmp_path, 5)
     database = tmp_path / "billing.db"
     run_sql(database, "PRAGMA journal_mode = DELETE")
-    store = AuditStore.open(config.store.url)
-    writer = GroupCommitWriter(store)
-    await writer.start()
-    poller = ShadowPoller(config.sources[0], writer, 0, 1000)
     holder: asyncio.subprocess.Process | None = None
-    try:
-        assert await poller.drain() == 5
-        holder = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _HOLD_LOCK, str(database), "1.0", stdout=subprocess.PIPE
-        )
-        assert holder.stdout is not None and await holder.stdout.readline() == b"locked\n"
-        gaps: list[float] = []
+    async with polling(config) as (store, _, poller):
+        try:
+            assert await poller.drain() == 5
+            holder = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _HOLD_LOCK, str(database), "1.0", stdout=subprocess.PIPE
+            )
+            assert holder.stdout is not None and await holder.stdout.readline() == b"locked\n"
+            gaps: list[float] = []
 
-        async def tick() -> None:
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.005)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
+            async def tick() -> None:
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.005)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
 
-        ticker = asyncio.create_task(tick())
-        started = time.monotonic()
-        consumed = await poller.drain()
-        waited = time.monotonic() - started
-        ticker.cancel()
-        assert await asyncio.wait_for(holder.wait(), 30) == 0
-        assert consumed == 1 and waited >= 0.5  # it waited for the lock…
-        assert max(gaps) < 0.5  # …in the worker thread, not on the loop
-        updated = store.query(EventQuery(entity="customer", entity_id="1", event_types=("UPDATE",)))
-        assert [e.after["name"] for e in updated.events if e.after] == ["Locked Writer"]
-    finally:
-        if holder is not None and holder.returncode is None:
-            holder.kill()
-            await holder.wait()
-        poller.close()
-        await writer.stop()
-        store.close()
+            ticker = asyncio.create_task(tick())
+            started = time.monotonic()
+            consumed = await poller.drain()
+            waited = time.monotonic() - started
+            ticker.cancel()
+            assert await asyncio.wait_for(holder.wait(), 30) == 0
+            assert consumed == 1 and waited >= 0.5  # it waited for the lock…
+            assert max(gaps) < 0.5  # …in the worker thread, not on the loop
+            updated = store.query(
+                EventQuery(entity="customer", entity_id="1", event_types=("UPDATE",))
+            )
+            assert [e.after["name"] for e in updated.events if e.after] == ["Locked Writer"]
+        finally:
+            if holder is not None and holder.returncode is None:
+                holder.kill()
+                await holder.wait()
 
 
 async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_path: Path) -> None:
