@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 LOOK_ROWS = 64
 """The most rows the first read of a drain takes on the event loop (see `poll_once`)."""
+RESTART_SECONDS = 1.0
+"""How often a caught-up read may ask for the store writer process to start again."""
 PRUNE_ROWS = 1000
 """Prune once this many stored rows have gathered in the shadow table…"""
 PRUNE_SECONDS = 1.0
@@ -85,6 +87,7 @@ class ShadowPoller:
         """The position the store holds (worker thread), read again after a failed append."""
         self._unsure = False
         """An append failed: it may have committed (its position with it) or not."""
+        self._restarted_at = -RESTART_SECONDS
         self._batch_size = batch_size
         self._tables: Mapping[str, TableConfig] = {t.table: t for t in source.tables}
         self._conn: sqlite3.Connection | None = None
@@ -144,13 +147,14 @@ class ShadowPoller:
         someone may be waiting to see) goes through `caught_up_writer`, the store
         writer process, where there is one and it runs (while it starts, the
         thread takes them: waiting for it held back the first changes for a third
-        of a second). Its commit does not take turns with the API at the daemon's
-        GIL: capture latency at 500 changes/s with the API polled (`python -m
-        bench.ab ... latency`, two runs of six alternating rounds), p50 medians
-        18.5 -> 16.0 ms and 20.0 -> 20.1 ms, p99 39.5 -> 39.1 and 40.3 -> 39.4 ms.
-        A backlog's full batches stay on `writer`, the daemon's thread: every
-        batch through the process cost end to end 0.46-0.47 of the raw ceiling
-        against 0.51 (`bench/analysis.md`, session 13).
+        of a second; if it died, it is started again, `_restart`). Its commit
+        does not take turns with the API at the daemon's GIL: capture latency at
+        500 changes/s with the API polled (`python -m bench.ab ... latency`, two
+        runs of six alternating rounds), p50 medians 18.5 -> 16.0 ms and 20.0 ->
+        20.1 ms, p99 39.5 -> 39.1 and 40.3 -> 39.4 ms. A backlog's full batches
+        stay on `writer`, the daemon's thread: every batch through the process
+        cost end to end 0.46-0.47 of the raw ceiling against 0.51
+        (`bench/analysis.md`, session 13).
 
         With `schema`, the read first checks that the billing database's schema
         version is still that one, and raises `SchemaChanged` (nothing read) if not.
@@ -185,8 +189,11 @@ class ShadowPoller:
         position = rows[-1].seq
         writer = self._writer
         caught_up = self._caught_up_writer
-        if caught_up is not None and caught_up.ready and up_to is None and not self._more:
-            writer = caught_up
+        if caught_up is not None and up_to is None and not self._more:
+            if caught_up.ready:
+                writer = caught_up
+            else:
+                self._restart(caught_up)
         try:
             await writer.append(AppendRequest(events, CapturePosition(self.source.name, position)))
         except BaseException:
@@ -210,6 +217,16 @@ class ShadowPoller:
         self.stats.captured += len(events)
         self.stats.last_capture_at = datetime.now().astimezone()
         return len(rows)
+
+    def _restart(self, process: ProcessWriter) -> None:
+        """Start the store writer process again in the background (it died), at most
+        once every `RESTART_SECONDS`; the thread writer commits meanwhile. Without
+        this a capture-only daemon stayed on the thread for good, and one that also
+        serves posts until the next post."""
+        now = time.monotonic()
+        if now - self._restarted_at >= RESTART_SECONDS:
+            self._restarted_at = now
+            process.warm()
 
     def _read(
         self, force: bool, up_to: int | None, schema: int | None, *, on_loop: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -588,6 +589,41 @@ async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_pat
         simulate(tmp_path / "billing.db", 3, seed=4)
         assert await poller.drain() == 3
         assert (thread.commits, process.commits) == (2, 2)
+        assert poller.stats.position == store.capture_position("billing")
+    finally:
+        poller.close()
+        await process.stop()
+        await thread.stop()
+        store.close()
+
+
+async def test_capture_starts_a_store_writer_process_that_died_again(tmp_path: Path) -> None:
+    """The store writer process is killed: the next caught-up batch commits through the
+    thread and asks for the process again, and the batches after it go through the new
+    one, with no post needed to restart it."""
+    config = captured_billing(tmp_path, 5)
+    store = AuditStore.open(config.store.url, shared=True)
+    thread = GroupCommitWriter(store)
+    process = ProcessWriter(store, config.store.url)
+    await thread.start()
+    await process.start()
+    poller = ShadowPoller(config.sources[0], thread, 0, 1000, caught_up_writer=process)
+    try:
+        process.warm()
+        await wait_for(lambda: process.ready, "the store writer process")
+        assert await poller.drain() == 5
+        first = process.pid
+        assert first is not None and (thread.commits, process.commits) == (0, 1)
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: not process.ready, "the store writer process to die")
+        simulate(tmp_path / "billing.db", 3, seed=4)
+        assert await poller.drain() == 3
+        assert (thread.commits, process.commits) == (1, 1)
+        await wait_for(lambda: process.ready, "a new store writer process")
+        assert process.pid != first
+        simulate(tmp_path / "billing.db", 3, seed=5)
+        assert await poller.drain() == 3
+        assert (thread.commits, process.commits) == (1, 2)
         assert poller.stats.position == store.capture_position("billing")
     finally:
         poller.close()
