@@ -568,20 +568,34 @@ async def test_a_billing_writer_holding_its_lock_never_stalls_the_event_loop(
                 await holder.wait()
 
 
-async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_path: Path) -> None:
-    """A backlog's full batches go through capture's thread writer; the batch of the read
-    that caught up, through the store writer process (its commit does not wait for the
-    API at the daemon's GIL)."""
-    config = captured_billing(tmp_path, 25)
+@contextlib.asynccontextmanager
+async def two_writers(
+    config: Config, batch_size: int
+) -> AsyncIterator[tuple[AuditStore, GroupCommitWriter, ProcessWriter, ShadowPoller]]:
+    """A store, capture's thread writer, a running store writer process and a poller
+    that commits caught-up batches through the process, closed afterwards."""
     store = AuditStore.open(config.store.url, shared=True)
     thread = GroupCommitWriter(store)
     process = ProcessWriter(store, config.store.url)
     await thread.start()
     await process.start()
-    poller = ShadowPoller(config.sources[0], thread, 0, 10, caught_up_writer=process)
+    poller = ShadowPoller(config.sources[0], thread, 0, batch_size, caught_up_writer=process)
     try:
         process.warm()
         await wait_for(lambda: process.ready, "the store writer process")
+        yield store, thread, process, poller
+    finally:
+        poller.close()
+        await process.stop()
+        await thread.stop()
+        store.close()
+
+
+async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_path: Path) -> None:
+    """A backlog's full batches go through capture's thread writer; the batch of the read
+    that caught up, through the store writer process (its commit does not wait for the
+    API at the daemon's GIL)."""
+    async with two_writers(captured_billing(tmp_path, 25), 10) as (store, thread, process, poller):
         assert await poller.drain() == 25
         assert (thread.commits, process.commits) == (2, 1)  # 10 + 10, then 5
         assert process.pid is not None
@@ -590,27 +604,13 @@ async def test_a_caught_up_read_commits_through_the_store_writer_process(tmp_pat
         assert await poller.drain() == 3
         assert (thread.commits, process.commits) == (2, 2)
         assert poller.stats.position == store.capture_position("billing")
-    finally:
-        poller.close()
-        await process.stop()
-        await thread.stop()
-        store.close()
 
 
 async def test_capture_starts_a_store_writer_process_that_died_again(tmp_path: Path) -> None:
     """The store writer process is killed: the next caught-up batch commits through the
     thread and asks for the process again, and the batches after it go through the new
     one, with no post needed to restart it."""
-    config = captured_billing(tmp_path, 5)
-    store = AuditStore.open(config.store.url, shared=True)
-    thread = GroupCommitWriter(store)
-    process = ProcessWriter(store, config.store.url)
-    await thread.start()
-    await process.start()
-    poller = ShadowPoller(config.sources[0], thread, 0, 1000, caught_up_writer=process)
-    try:
-        process.warm()
-        await wait_for(lambda: process.ready, "the store writer process")
+    async with two_writers(captured_billing(tmp_path, 5), 1000) as (store, thread, process, poller):
         assert await poller.drain() == 5
         first = process.pid
         assert first is not None and (thread.commits, process.commits) == (0, 1)
@@ -625,11 +625,6 @@ async def test_capture_starts_a_store_writer_process_that_died_again(tmp_path: P
         assert await poller.drain() == 3
         assert (thread.commits, process.commits) == (1, 2)
         assert poller.stats.position == store.capture_position("billing")
-    finally:
-        poller.close()
-        await process.stop()
-        await thread.stop()
-        store.close()
 
 
 def test_a_capturing_daemon_starts_its_store_writer_process_with_capture(tmp_path: Path) -> None:
