@@ -285,10 +285,10 @@ class ShadowPoller:
         longer and competed with the billing service's own writes.
 
         The backlog shown in the stats is counted by the read that caught up, in
-        the same trip to the worker thread as the read (rows committed after it
-        wake the poller again); a drain ends with a trip of its own only to prune,
-        or after an `up_to` drain. At 500 changes/s with the API polled, that trip was 1.4 ms
-        (median) of every wake-up's 18 ms (`bench/analysis.md`, session 13).
+        the same read (rows committed after it wake the poller again); a drain
+        ends with a trip to the worker thread of its own only to prune, or after
+        an `up_to` drain. At 500 changes/s with the API polled, that trip was 1.4
+        ms (median) of every wake-up's 18 ms (`bench/analysis.md`, session 13).
         """
         total = 0
         force = up_to is not None

@@ -169,8 +169,8 @@ class SourceCapture:
 
         When nothing waits and the schema version is known, the drain's first read
         checks the version as it reads (`ShadowPoller.drain(schema=…)`): the check's
-        own trip to the worker thread was 0.9 ms (median) of every 4.6 ms wake-up at
-        500 changes/s with the API polled (`bench/analysis.md`, session 14). A
+        own trip to the worker thread was 0.9 ms (median) of a 5.2 ms wake-up at 500
+        changes/s with the API polled (`bench/analysis.md`, session 14, item 62). A
         changed version stops that read before it reads anything, and the migration
         is followed as before."""
         if self._schema_version is not None and not self.work_waits():

@@ -41,8 +41,9 @@ The child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group:
 the daemon drains its requests through the child before it closes it) and
 exits when its socket closes, so it never outlives a daemon that was killed.
 If the child dies, the requests it held fail with `WriterLost` (they may or may
-not be stored) and the next append starts another (capture's caught-up batches
-go through its thread meanwhile: `ready` is false).
+not be stored) and the next append, or capture's next caught-up read (`warm`),
+starts another; capture's caught-up batches go through its thread meanwhile
+(`ready` is false).
 
 Capture drains a backlog through a thread writer of its own: a poller appends
 one batch at a time, and sending a batch to the child and rebuilding its events
